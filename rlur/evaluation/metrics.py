@@ -1,0 +1,163 @@
+"""Retention and engagement metrics, in one place, with bootstrap confidence intervals.
+
+Definitions (the glossary in ``docs/metrics.md`` mirrors this):
+
+* **return gap**: days between two consecutive *active days* of a user (KuaiRand's definition); a
+  same-day reopen is not a gap. Known at the end of the last session of a day.
+* ``avg_return_day``: mean return gap, lower is better (the paper's "returning time").
+* ``day1_retention``: share of return gaps equal to 1 (the paper's "user retention").
+* ``day7_retention``: share of (user, active day t) pairs with the user active again on day t + 7.
+* ``return_day_hist``: share of return gaps at 1..K, then '>K'.
+* ``session_depth``: requests per completed session.
+* ``watch_time_per_request``: watch seconds summed over the 6 shown videos, per request.
+* ``behaviour_rates``: responses per shown video, by behaviour.
+* ``dau``: mean over days of the share of users active that day.
+* ``app_opens_per_user_day``: sessions started per user per day.
+
+Confidence intervals resample *users* (the independent unit) with a Poisson bootstrap, and each
+metric is a ratio of per-user sums, so heavy users weigh as much as their traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from rlur.sim.env import StepResult
+from rlur.sim.world import BEHAVIOURS
+
+__all__ = ["MetricsRecorder", "bootstrap_ratio_ci"]
+
+
+def bootstrap_ratio_ci(
+    num: np.ndarray, den: np.ndarray, n_boot: int = 400, seed: int = 0, level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Point estimate and bootstrap CI of ``Σ num / Σ den`` resampling the rows (users).
+
+    Poisson(1) weights per user approximate the multinomial bootstrap and are chunked, so the cost
+    stays linear in the number of users.
+    """
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    total = den.sum()
+    est = float(num.sum() / total) if total > 0 else float("nan")
+    if len(num) < 2 or total <= 0 or n_boot <= 0:
+        return est, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    reps: list[np.ndarray] = []
+    chunk = max(1, min(n_boot, 2_000_000 // max(1, len(num))))
+    done = 0
+    while done < n_boot:
+        m = min(chunk, n_boot - done)
+        w = rng.poisson(1.0, size=(m, len(num))).astype(np.float64)
+        d = w @ den
+        reps.append(np.where(d > 0, (w @ num) / np.where(d > 0, d, 1.0), np.nan))
+        done += m
+    r = np.concatenate(reps)
+    alpha = (1 - level) / 2
+    lo, hi = np.nanquantile(r, [alpha, 1 - alpha])
+    return est, float(lo), float(hi)
+
+
+@dataclass
+class MetricsRecorder:
+    """Accumulates per-user sums from :class:`StepResult`s; only events before ``horizon_days`` count.
+
+    Args:
+        n_users: B.
+        max_return_day: K, the last individual bin of the return-day histogram.
+        horizon_days: days counted (needed for the calendar metrics DAU and day-7 retention).
+    """
+
+    n_users: int
+    max_return_day: int = 10
+    horizon_days: int | None = None
+    requests: torch.Tensor = field(init=False)
+    watch: torch.Tensor = field(init=False)
+    behaviours: torch.Tensor = field(init=False)
+    sessions: torch.Tensor = field(init=False)
+    session_requests: torch.Tensor = field(init=False)
+    gaps: torch.Tensor = field(init=False)
+    gap_days: torch.Tensor = field(init=False)
+    gap_day1: torch.Tensor = field(init=False)
+    gap_hist: torch.Tensor = field(init=False)
+    opens: torch.Tensor | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        b = self.n_users
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+        self.requests, self.watch, self.sessions = z(b), z(b), z(b)
+        self.session_requests = z(b)
+        self.behaviours = z(b, len(BEHAVIOURS))
+        self.gaps, self.gap_days, self.gap_day1 = z(b), z(b), z(b)
+        self.gap_hist = z(self.max_return_day + 1)
+        self.opens = None if self.horizon_days is None else torch.zeros(b, self.horizon_days, dtype=torch.int32)
+        self._depth = torch.zeros(b)
+        self._started = torch.ones(b, dtype=torch.bool)  # the first session starts at reset
+
+    def record(self, r: StepResult) -> None:
+        """Add one batched step (vectorised over users)."""
+        live = torch.ones_like(r.session_end) if self.horizon_days is None else r.day < self.horizon_days
+        if self.opens is not None and bool((self._started & live).any()):
+            idx = (self._started & live).nonzero().squeeze(1)
+            self.opens[idx, r.day[idx]] += 1
+        lf = live.double()
+        self.requests += lf
+        self.watch += lf * r.feedback[:, 0].double()
+        self.behaviours += lf[:, None] * r.feedback[:, 1:].double()
+        self._depth += 1
+        end = r.session_end & live
+        self.sessions += end.double()
+        self.session_requests += torch.where(end, self._depth, 0.0).double()
+        gap = end & (r.return_day >= 1)
+        days = r.return_day.clamp(min=0).double()
+        self.gaps += gap.double()
+        self.gap_days += torch.where(gap, days, 0.0)
+        self.gap_day1 += (gap & (r.return_day == 1)).double()
+        if bool(gap.any()):
+            b = r.return_day[gap].clamp(max=self.max_return_day + 1) - 1
+            self.gap_hist += torch.bincount(b, minlength=self.max_return_day + 1).double()
+        self._depth = torch.where(r.session_end, 0.0, self._depth)
+        self._started = r.session_end.clone()
+
+    # ------------------------------------------------------------------------------------------
+    def summary(self, n_boot: int = 400, seed: int = 0) -> dict:
+        """All metrics as a JSON-ready dict; scalar metrics carry ``{mean, ci_low, ci_high}``."""
+        np_ = lambda t: t.numpy()  # noqa: E731
+        ci = lambda n, d: dict(zip(("mean", "ci_low", "ci_high"), bootstrap_ratio_ci(np_(n), np_(d), n_boot, seed), strict=True))  # noqa: E731,E501
+        shown = self.requests * 6
+        out: dict = {
+            "avg_return_day": ci(self.gap_days, self.gaps),
+            "day1_retention": ci(self.gap_day1, self.gaps),
+            "session_depth": ci(self.session_requests, self.sessions),
+            "watch_time_per_request": ci(self.watch, self.requests),
+        }
+        hist = self.gap_hist / self.gap_hist.sum().clamp(min=1)
+        labels = [str(d) for d in range(1, self.max_return_day + 1)] + [f">{self.max_return_day}"]
+        out["return_day_hist"] = dict(zip(labels, hist.tolist(), strict=True))
+        out["behaviour_rates"] = {
+            name: float(self.behaviours[:, i].sum() / shown.sum().clamp(min=1)) for i, name in enumerate(BEHAVIOURS)
+        }
+        out["requests"] = int(self.requests.sum())
+        out["sessions"] = int(self.sessions.sum())
+        out["return_gaps"] = int(self.gaps.sum())
+        out["users"] = self.n_users
+        if self.opens is not None:
+            out.update(self._calendar(ci))
+        return out
+
+    def _calendar(self, ci) -> dict:
+        active = (self.opens > 0).double()
+        days = active.shape[1]
+        out = {
+            "dau": ci(active.sum(1), torch.full((self.n_users,), float(days), dtype=torch.float64)),
+            "app_opens_per_user_day": ci(
+                self.opens.double().sum(1), torch.full((self.n_users,), float(days), dtype=torch.float64)
+            ),
+        }
+        if days > 7:
+            base = active[:, : days - 7]
+            out["day7_retention"] = ci((base * active[:, 7:]).sum(1), base.sum(1))
+        return out

@@ -1,0 +1,292 @@
+"""The built-in world: users, videos and the true response model behind them.
+
+Everything here is drawn from ``WorldConfig.world_seed`` so that a world can be rebuilt bit for bit
+from its config. The world is static; the per-user dynamic state lives in :mod:`rlur.sim.env`.
+
+Design notes (why the world looks like this; see ``docs/simulator.md`` for the full reference):
+
+* Engagement and retention pull apart. Click-bait videos raise clicks and lower long views, raise
+  hate and lower satisfaction; a slate that repeats the user's favourite topic breeds fatigue, which
+  the point-wise predictions cannot see.
+* The best fusion weighting depends on the user's state: activity groups value behaviours
+  differently (heavy users tire of repetition, low-activity users punish click-bait, new users are
+  won over by follows), and fatigue inside a session shifts the best weighting away from the
+  affinity-driven scores.
+* Long-term state carries across sessions (``habit``), so a discount ``γ > 0`` across sessions pays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+__all__ = [
+    "BEHAVIOURS",
+    "GROUPS",
+    "KUAIRAND_RETURN_DAY_SHARE",
+    "SCORE_NAMES",
+    "World",
+    "WorldConfig",
+]
+
+#: Sampled binary responses per shown video (watch time is sampled separately, in seconds).
+BEHAVIOURS: tuple[str, ...] = (
+    "click", "long_view", "like", "follow", "comment", "forward", "profile_enter", "hate",
+)
+#: The k = 8 point-wise predicted scores the action weights (the paper's list, in its order).
+SCORE_NAMES: tuple[str, ...] = (
+    "watch_time", "click", "long_view", "like", "follow", "forward", "comment", "profile_enter",
+)
+#: Activity groups, KuaiRand's ``user_active_degree`` collapsed (see ``GROUP_OF_ACTIVE_DEGREE``).
+GROUPS: tuple[str, ...] = ("high", "middle", "low", "new")
+
+#: KuaiRand's ``user_active_degree`` → rlur group.
+GROUP_OF_ACTIVE_DEGREE: dict[str, str] = {
+    "full_active": "high",
+    "high_active": "middle",
+    "middle_active": "low",
+    "low_active": "low",
+    "single_low_active": "low",
+    "30day_retention": "low",
+    "UNKNOWN": "low",
+    "2_14_day_new": "new",
+    "day_new": "new",
+}
+
+#: Share of return gaps (days between consecutive active days) in KuaiRand-Pure: days 1..10, >10.
+KUAIRAND_RETURN_DAY_SHARE: tuple[float, ...] = (
+    0.617, 0.165, 0.079, 0.047, 0.031, 0.021, 0.014, 0.009, 0.006, 0.004, 0.007,
+)
+#: KuaiRand-Pure behaviour rates per shown video (standard logs).
+KUAIRAND_BEHAVIOUR_RATE: dict[str, float] = {
+    "click": 0.4597, "long_view": 0.3318, "like": 0.01848, "comment": 0.00255,
+    "forward": 0.00096, "follow": 0.00107, "hate": 0.00049,
+}
+
+# Index of each binary behaviour inside BEHAVIOURS, used by the response model.
+_B = {name: i for i, name in enumerate(BEHAVIOURS)}
+
+
+def _group_mix_default() -> tuple[float, ...]:
+    # KuaiRand-Pure user_active_degree counts, collapsed: high 17,959; middle 6,158;
+    # low 2,133 + 300 + 68 + 15 + 6 = 2,522; new 635 + 11 = 646 (of 27,285 users).
+    return (17959 / 27285, 6158 / 27285, 2522 / 27285, 646 / 27285)
+
+
+@dataclass
+class WorldConfig:
+    """Parameters of the built-in world. Every field has a default; ``world_seed`` draws the rest."""
+
+    world_seed: int = 0
+    """Seed of every random world parameter (videos, per-video prediction errors)."""
+    n_videos: int = 5000
+    """Catalogue size."""
+    n_topics: int = 24
+    """Number of topics; a video has one topic, a user an interest vector over topics."""
+    n_candidates: int = 200
+    """Candidates per request from the candidate stage (C)."""
+    slate_size: int = 6
+    """Videos shown per request (the paper's top 6)."""
+    max_return_day: int = 10
+    """K: return days 1..K are reported individually, later returns as '>K'."""
+    return_horizon_days: int = 30
+    """Hazards are drawn up to this many days; a user who has not returned by then returns on it."""
+    group_mix: tuple[float, ...] = field(default_factory=_group_mix_default)
+    """Share of each activity group (high, middle, low, new) in a sampled population."""
+    clickbait_share: float = 0.15
+    """Share of click-bait videos (more clicks, fewer long views, more hate, less satisfaction)."""
+    prediction_noise: float = 0.5
+    """Std of the fixed per-video logit error of the point-wise prediction models."""
+    return_noise: float = 0.5
+    """Std of exogenous noise on the return propensity per session (the paper's uncertainty)."""
+    max_session_depth: int = 60
+    """A session is cut after this many requests (a safety net; the leave module ends most earlier)."""
+    max_opens_per_day: int = 6
+    """No more than this many sessions (app opens) start on one calendar day."""
+    weight_max: float = 4.0
+    """Action a ∈ [-1, 1]^k maps to fusion weights w = weight_max · (a + 1) / 2 ∈ [0, weight_max]^k."""
+    # Calibration constants: chosen by ``benchmarks/calibrate.py`` so that the uniform policy
+    # reproduces KuaiRand's behaviour rates and return-day histogram (see the README).
+    behaviour_bias: tuple[float, ...] = (-0.504, -1.326, -5.829, -8.322, -7.505, -9.245, -5.887, -8.375)
+    """Intercept of each behaviour's logit, in BEHAVIOURS order."""
+    return_day_bias: tuple[float, ...] = (-0.545, -1.042, -0.911)
+    """Hazard-logit offset for day 1, day 2 and days ≥ 3 of the return model."""
+    reopen_bias: float = -1.332
+    """Logit of reopening the app on the same day after a session (app opens > DAU)."""
+    leave_bias: float = -3.11
+    """Intercept of the per-request leave logit."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WorldConfig:
+        d = dict(d)
+        d["group_mix"] = tuple(d["group_mix"])
+        for key in ("behaviour_bias", "return_day_bias"):
+            d[key] = tuple(d[key])
+        return cls(**d)
+
+    def validate(self) -> None:
+        if self.n_candidates < self.slate_size:
+            raise ValueError(f"n_candidates ({self.n_candidates}) must be ≥ slate_size ({self.slate_size})")
+        if self.n_videos < self.n_candidates:
+            raise ValueError(f"n_videos ({self.n_videos}) must be ≥ n_candidates ({self.n_candidates})")
+        if len(self.group_mix) != len(GROUPS) or min(self.group_mix) < 0 or sum(self.group_mix) <= 0:
+            raise ValueError(f"group_mix needs {len(GROUPS)} non-negative shares, got {self.group_mix}")
+        if self.return_horizon_days < self.max_return_day:
+            raise ValueError("return_horizon_days must be ≥ max_return_day")
+
+
+# ----------------------------------------------------------------------------------------------
+# Response model coefficients. Rows follow BEHAVIOURS; these are structural (not calibrated).
+# ----------------------------------------------------------------------------------------------
+#                       click  long  like  follow comment fwd  profile hate
+_COEF_QUALITY = (0.2, 0.9, 1.0, 0.3, 0.3, 0.4, 0.2, -0.5)
+_COEF_BAIT = (1.4, -1.6, -1.0, -0.5, 0.0, -0.5, 0.3, 2.4)
+_COEF_SHARE = (0.0, 0.0, 0.4, 0.0, 0.9, 1.3, 0.0, 0.0)
+_COEF_DURATION = (-0.2, -0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+_COEF_AFFINITY = (0.9, 0.9, 0.6, 1.5, 0.4, 0.2, 1.2, -0.8)
+# State terms the point-wise models do not see (so predictions are biased where it matters).
+_COEF_FATIGUE = (-0.35, -0.45, -0.2, -0.2, -0.2, -0.2, -0.2, 0.5)
+_COEF_REPEAT = (-0.4, -0.6, -0.3, -0.3, -0.3, -0.3, -0.3, 1.2)
+
+# Per-group value of each response for the user's satisfaction (signed). Rows: high, middle, low,
+# new. Columns: watch fraction, then BEHAVIOURS (click-bait clicks are penalised separately).
+#                      watch click long like follow comment fwd profile hate  bait-click
+_SAT_COEF = (
+    (1.2, 0.0, 0.4, 1.0, 1.0, 1.0, 1.0, 0.3, -4.0, -0.3),  # high: heavy consumers, watch time
+    (0.6, 0.0, 0.7, 2.0, 3.0, 2.0, 2.0, 0.5, -5.0, -0.8),  # middle
+    (0.2, 0.0, 0.9, 3.0, 3.0, 2.0, 3.0, 0.5, -8.0, -1.6),  # low: punish click-bait and hate
+    (0.6, 0.0, 0.5, 2.0, 8.0, 2.0, 2.0, 1.5, -6.0, -0.8),  # new: won over by follows
+)
+# Sensitivity of fatigue to topic repetition, per group (heavy users tire fastest of repetition).
+_REPEAT_FATIGUE = (1.6, 1.0, 0.6, 0.8)
+# Baseline return propensity (hazard logit offset) and habit level per group.
+_GROUP_RETURN = (0.55, 0.0, -0.7, -0.4)
+_GROUP_HABIT = (0.3, 0.0, -0.4, -0.6)
+_GROUP_REOPEN = (0.4, 0.0, -0.6, -0.3)
+
+
+class World:
+    """Static world: the video catalogue, prediction errors and the user population sampler.
+
+    Tensors (N videos, T topics, R = len(BEHAVIOURS), k = len(SCORE_NAMES)):
+        ``video_topic (N,)`` long, ``video_quality (N,)``, ``video_bait (N,)`` 0/1,
+        ``video_share (N,)``, ``video_duration (N,)`` seconds,
+        ``video_base_logit (N, R)`` true per-video logit part (before user and state terms),
+        ``video_pred_logit (N, R)`` the predictors' per-video logit part (true part + fixed error).
+    """
+
+    def __init__(self, config: WorldConfig | None = None) -> None:
+        self.config = config or WorldConfig()
+        self.config.validate()
+        c = self.config
+        g = torch.Generator().manual_seed(int(c.world_seed) * 7919 + 17)
+        n = c.n_videos
+        # Topic popularity is skewed (a few big topics), like KuaiRand's tag distribution.
+        pop = torch.rand(c.n_topics, generator=g) ** 2 + 0.05
+        self.video_topic = torch.multinomial(pop / pop.sum(), n, replacement=True, generator=g)
+        self.video_quality = torch.randn(n, generator=g)
+        self.video_bait = (torch.rand(n, generator=g) < c.clickbait_share).float()
+        self.video_share = torch.randn(n, generator=g)
+        # Durations: log-normal with median 81 s (KuaiRand's median), clipped to [5 s, 600 s].
+        self.video_duration = torch.exp(math.log(81.0) + 0.8 * torch.randn(n, generator=g)).clamp(5, 600)
+        dur_z = (self.video_duration.log() - math.log(81.0)) / 0.8
+
+        coef = lambda t: torch.tensor(t, dtype=torch.float32)  # noqa: E731
+        self.coef_affinity = coef(_COEF_AFFINITY)
+        self.coef_fatigue = coef(_COEF_FATIGUE)
+        self.coef_repeat = coef(_COEF_REPEAT)
+        self.sat_coef = coef(_SAT_COEF)
+        self.repeat_fatigue = coef(_REPEAT_FATIGUE)
+        self.group_return = coef(_GROUP_RETURN)
+        self.group_habit = coef(_GROUP_HABIT)
+        self.group_reopen = coef(_GROUP_REOPEN)
+
+        self.video_base_logit = (
+            coef(c.behaviour_bias)
+            + self.video_quality[:, None] * coef(_COEF_QUALITY)
+            + self.video_bait[:, None] * coef(_COEF_BAIT)
+            + self.video_share[:, None] * coef(_COEF_SHARE)
+            + dur_z[:, None] * coef(_COEF_DURATION)
+        ).contiguous()
+        error = c.prediction_noise * torch.randn(n, len(BEHAVIOURS), generator=g)
+        self.video_pred_logit = (self.video_base_logit + error).contiguous()
+        # The 7 probability-valued predicted scores (SCORE_NAMES[1:]) as columns of BEHAVIOURS.
+        self.scored_behaviours = torch.tensor([BEHAVIOURS.index(n) for n in SCORE_NAMES[1:]])
+        self.video_pred_logit_scored = self.video_pred_logit[:, self.scored_behaviours].contiguous()
+        self.coef_affinity_scored = self.coef_affinity[self.scored_behaviours].contiguous()
+        # Hazard offsets for return days 1..H: day 1, day 2, then a flat tail (KuaiRand's shape:
+        # a sharp day-1 mass, then successive-day ratios rising to ≈ 0.65; not geometric).
+        h = c.return_horizon_days
+        day_bias = torch.full((h,), c.return_day_bias[2])
+        day_bias[0], day_bias[1] = c.return_day_bias[0], c.return_day_bias[1]
+        self.return_day_bias = day_bias
+        # Reference scale of each predicted score (a typical value), so that uniform weights give
+        # each behaviour comparable influence in the fusion score Σ_l w_l x_l / ref_l.
+        self.score_ref = self._score_reference(g)
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def n_groups(self) -> int:
+        return len(GROUPS)
+
+    def predicted_scores(self, video: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
+        """Point-wise predicted scores ``x (…, k)`` in SCORE_NAMES order, as probabilities/seconds.
+
+        The predictors see the user's topic affinity but not fatigue, repetition or the user's own
+        propensities, and they carry a fixed per-video error: imperfect estimates, as in production.
+        """
+        p = torch.sigmoid(self.video_pred_logit_scored[video] + affinity.unsqueeze(-1) * self.coef_affinity_scored)
+        watch = self.video_duration[video] * (0.08 + 0.85 * p[..., 1])
+        return torch.cat((watch.unsqueeze(-1), p), dim=-1)
+
+    def fused_scores(self, video: torch.Tensor, affinity: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``Σ_l w_l x_{j,l}`` for ``video (b, C)``, ``affinity (b, C)``, ``weights (b, k)`` → ``(b, C)``.
+
+        Same result as ``fusion_scores(weights, predicted_scores(video, affinity))`` without
+        materialising more than one ``(b, C, k-1)`` temporary: the hot path of the simulator.
+        """
+        b, c = video.shape
+        flat = video.reshape(-1)
+        p = self.video_pred_logit_scored.index_select(0, flat).view(b, c, -1)
+        p.addcmul_(affinity.unsqueeze(-1), self.coef_affinity_scored).sigmoid_()
+        score = torch.bmm(p, weights[:, 1:].unsqueeze(-1)).squeeze(-1)
+        dur = self.video_duration.index_select(0, flat).view(b, c)
+        # watch-time score = duration · (0.08 + 0.85 · p_long_view), weighted by w_watch
+        score.addcmul_(dur * (0.08 + 0.85 * p[..., 1]), weights[:, :1])
+        return score
+
+    def _score_reference(self, g: torch.Generator) -> torch.Tensor:
+        users = self.sample_users(512, seed=-1)
+        video = torch.randint(0, self.config.n_videos, (512, 64), generator=g)
+        aff = users["interest"].gather(1, self.video_topic[video])
+        return self.predicted_scores(video, aff).mean(dim=(0, 1))
+
+    def sample_users(self, n: int, seed: int) -> dict[str, torch.Tensor]:
+        """Draw ``n`` users' static traits and initial long-term state from ``seed``.
+
+        Returns ``group (n,)`` long, ``interest (n, T)``, ``propensity (n, R)``, ``patience (n,)``,
+        ``habit (n,)``. The same (world, seed, n) always gives the same users.
+        """
+        if n <= 0:
+            raise ValueError(f"number of users must be positive, got {n}")
+        c = self.config
+        g = torch.Generator().manual_seed(int(seed) * 104729 + int(c.world_seed) * 31 + 5)
+        mix = torch.tensor(c.group_mix, dtype=torch.float64)
+        group = torch.multinomial(mix / mix.sum(), n, replacement=True, generator=g)
+        # Interests: a weak background plus 2–3 core topics the user loves.
+        interest = 0.5 * torch.randn(n, c.n_topics, generator=g) - 0.6
+        n_core = 3
+        core = torch.rand(n, c.n_topics, generator=g).argsort(dim=1)[:, :n_core]
+        interest.scatter_add_(1, core, 1.2 + 0.5 * torch.rand(n, n_core, generator=g))
+        propensity = 0.3 * torch.randn(n, len(BEHAVIOURS), generator=g)
+        patience = 0.4 * torch.randn(n, generator=g)
+        habit = self.group_habit[group] + 0.3 * torch.randn(n, generator=g)
+        return {
+            "group": group, "interest": interest, "propensity": propensity,
+            "patience": patience, "habit": habit,
+        }
