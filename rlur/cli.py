@@ -17,6 +17,7 @@ __all__ = ["CliError", "check_writable", "main", "non_negative_int", "positive_i
 #: Modules that each define ``register(subparsers)``; their order is the order in ``rlur --help``.
 COMMAND_MODULES = (
     "rlur.sim.commands",
+    "rlur.training.commands",
 )
 
 
@@ -49,26 +50,34 @@ def non_negative_int(text: str) -> int:
 def check_writable(path: str | Path, directory: bool = False) -> Path:
     """Fail early (before any long work) when ``path`` cannot be written."""
     p = Path(path)
-    target_dir = p if directory else p.parent
     if directory and p.exists() and not p.is_dir():
         raise CliError(f"{p} exists and is not a directory")
     if not directory and p.is_dir():
         raise CliError(f"{p} is a directory; expected a file path")
+    target_dir = p if directory else p.parent
     try:
         target_dir.mkdir(parents=True, exist_ok=True)
+        probe = target_dir / f".rlur-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
     except OSError as err:
-        raise CliError(f"cannot create {target_dir}: {err.strerror or err}") from None
-    if not os.access(target_dir, os.W_OK):
-        raise CliError(f"{target_dir} is not writable")
+        raise CliError(f"cannot write to {target_dir}: {err.strerror or err}") from None
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``rlur …: error: …``) instead of usage dumps."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rlur",
         description="RLUR: reinforcing user retention in short-video recommendation (Cai et al., WWW 2023).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser

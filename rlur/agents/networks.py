@@ -7,10 +7,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["GaussianActor", "GroupedMLP", "QCritic", "mlp", "polyak_update"]
-
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 0.5
-
+__all__ = ["EnsembleMLP", "GaussianActor", "GroupedMLP", "QCritic", "gaussian_log_prob", "mlp", "polyak_update"]
 
 def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...] = (128, 128)) -> nn.Sequential:
     """A plain ReLU MLP."""
@@ -23,51 +20,86 @@ def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...] = (128, 128)) -> nn.S
     return nn.Sequential(*layers)
 
 
+class EnsembleMLP(nn.Module):
+    """``n`` independent ReLU MLPs evaluated together with batched matmuls: ``(n, B, in) → (n, B, out)``.
+
+    Few large ops instead of many small ones: on a CPU the per-op overhead, not the FLOPs, is what
+    small RL networks cost.
+    """
+
+    def __init__(self, n: int, in_dim: int, out_dim: int, hidden: tuple[int, ...] = (128, 128)) -> None:
+        super().__init__()
+        dims = (in_dim, *hidden, out_dim)
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+            bound = 1.0 / math.sqrt(d_in)  # nn.Linear's default initialisation, per member
+            self.weights.append(nn.Parameter(torch.empty(n, d_in, d_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(n, 1, d_out).uniform_(-bound, bound)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, in)`` (shared by all members) or ``(n, B, in)`` → ``(n, B, out)``."""
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.weights[0].shape[0], -1, -1)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = torch.relu(x)
+        return x
+
+
 class GroupedMLP(nn.Module):
     """One MLP per activity group (``n_groups=1``: a single shared MLP).
 
-    The forward pass loops over the few *groups*, never over users: each group's net runs on its
-    own rows, selected with a boolean mask.
+    Every group's net runs on the whole batch in one batched matmul and each row keeps its own
+    group's output: no loop over users, and no per-group masking on the hot path.
     """
 
     def __init__(self, in_dim: int, out_dim: int, n_groups: int = 1, hidden: tuple[int, ...] = (128, 128)):
         super().__init__()
         self.n_groups = n_groups
         self.out_dim = out_dim
-        self.nets = nn.ModuleList(mlp(in_dim, out_dim, hidden) for _ in range(n_groups))
+        self.nets = EnsembleMLP(n_groups, in_dim, out_dim, hidden)
 
     def forward(self, x: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.nets(x)  # (G, B, out)
         if self.n_groups == 1:
-            return self.nets[0](x)
+            return out[0]
         if group is None:
             raise ValueError("a grouped network needs the users' groups")
-        out = x.new_empty(x.shape[0], self.out_dim)
-        for g, net in enumerate(self.nets):
-            mask = group == g
-            if bool(mask.any()):
-                out[mask] = net(x[mask])
-        return out
+        return out[group, torch.arange(x.shape[0])]
 
 
 class GaussianActor(nn.Module):
-    """``π(a|s) = N(μ(s), σ(s))`` over the k fusion weights (paper §3: the actor outputs μ and σ).
+    """``π(a|s) = N(μ(s), σ)`` over the k fusion weights (paper §3: the actor outputs μ and σ).
 
-    ``μ`` is squashed by tanh into the action box [-1, 1]; ``log σ`` is clamped to
-    ``[LOG_STD_MIN, LOG_STD_MAX]``. A sampled action is clipped to the box by the ranking function,
-    but its log-density is the Gaussian's, as served and logged.
+    ``μ(s)`` is an MLP (one per group when ``n_groups > 1``) squashed by tanh into the action box
+    [-1, 1]. ``σ`` is the exploration scale, a per-group buffer the trainer anneals
+    (:meth:`set_std`); it is saved with the weights, so a served policy reports the σ it samples
+    with. A sampled action is clipped to the box by the ranking function, but its log-density is
+    the Gaussian's, as served and logged.
     """
 
-    def __init__(self, obs_dim: int, k: int, n_groups: int = 1, hidden: tuple[int, ...] = (128, 128)):
+    def __init__(
+        self, obs_dim: int, k: int, n_groups: int = 1, hidden: tuple[int, ...] = (128, 128), std: float = 0.3,
+    ):
         super().__init__()
         self.obs_dim, self.k, self.n_groups, self.hidden = obs_dim, k, n_groups, tuple(hidden)
-        self.body = GroupedMLP(obs_dim, 2 * k, n_groups, hidden)
+        self.body = GroupedMLP(obs_dim, k, n_groups, hidden)
+        self.register_buffer("log_std", torch.full((n_groups, k), math.log(std)))
+
+    def set_std(self, std: float) -> None:
+        self.log_std.fill_(math.log(std))
 
     def forward(self, obs: torch.Tensor, group: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(μ (B, k), σ (B, k))``."""
-        out = self.body(obs, group)
-        mu_raw, log_std = out.split(self.k, dim=-1)
-        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-        return torch.tanh(mu_raw), log_std.exp()
+        mu = torch.tanh(self.body(obs, group))
+        if self.n_groups == 1 or group is None:
+            log_std = self.log_std[0].expand_as(mu)
+        else:
+            log_std = self.log_std[group]
+        return mu, log_std.exp()
 
 
 def gaussian_log_prob(action: torch.Tensor, mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -77,16 +109,15 @@ def gaussian_log_prob(action: torch.Tensor, mu: torch.Tensor, std: torch.Tensor)
 
 
 class QCritic(nn.Module):
-    """Twin Q-networks ``Q_1, Q_2 (s, a)`` (TD3-style clipped double Q), optionally per group."""
+    """Twin Q-networks ``Q_1, Q_2 (s, a)`` (TD3-style clipped double Q), evaluated as one ensemble."""
 
-    def __init__(self, obs_dim: int, k: int, n_groups: int = 1, hidden: tuple[int, ...] = (128, 128)):
+    def __init__(self, obs_dim: int, k: int, hidden: tuple[int, ...] = (128, 128)):
         super().__init__()
-        self.q1 = GroupedMLP(obs_dim + k, 1, n_groups, hidden)
-        self.q2 = GroupedMLP(obs_dim + k, 1, n_groups, hidden)
+        self.twins = EnsembleMLP(2, obs_dim + k, 1, hidden)
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor, group: torch.Tensor | None = None):
-        x = torch.cat((obs, action), dim=-1)
-        return self.q1(x, group).squeeze(-1), self.q2(x, group).squeeze(-1)
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.twins(torch.cat((obs, action), dim=-1)).squeeze(-1)  # (2, B)
+        return q[0], q[1]
 
 
 @torch.no_grad()

@@ -67,7 +67,10 @@ class TablePolicy(_Stochastic):
     def __init__(self, mu: torch.Tensor, std: torch.Tensor | None = None) -> None:
         mu = torch.as_tensor(mu, dtype=torch.float32)
         self.mu = mu if mu.dim() == 2 else mu.unsqueeze(0)
-        self.std = torch.full_like(self.mu, 0.05) if std is None else torch.as_tensor(std, dtype=torch.float32).expand_as(self.mu).clone()
+        if std is None:
+            self.std = torch.full_like(self.mu, 0.05)
+        else:
+            self.std = torch.as_tensor(std, dtype=torch.float32).expand_as(self.mu).clone()
 
     def distribution(self, obs: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx = group if self.mu.shape[0] > 1 else torch.zeros_like(group)

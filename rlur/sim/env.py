@@ -24,7 +24,7 @@ import torch
 from rlur.sim.ranking import action_to_weights
 from rlur.sim.world import BEHAVIOURS, GROUPS, SCORE_NAMES, World, WorldConfig
 
-__all__ = ["OBS_FIELDS", "RetentionEnv", "StepResult"]
+__all__ = ["OBS_DIM", "OBS_FIELDS", "RetentionEnv", "StepResult", "env_state_dict", "load_env_state_dict"]
 
 _R = len(BEHAVIOURS)
 _CLICK, _LONG, _LIKE, _FOLLOW, _COMMENT, _FORWARD, _PROFILE, _HATE = range(_R)
@@ -103,7 +103,7 @@ class RetentionEnv:
         """Draw the users again from ``seed`` and start everyone's first session on day 0."""
         if seed is not None:
             self.seed = seed
-        b, t = self.n_users, self.config.n_topics
+        b = self.n_users
         users = self.world.sample_users(b, self.seed)
         self.rng = torch.Generator().manual_seed(int(self.seed) * 2654435761 % (2**63) + 1)
         self.group = users["group"]
@@ -137,6 +137,7 @@ class RetentionEnv:
             self.session_follows = torch.zeros(b)
             self.last_response = torch.zeros(b, len(RESPONSE_NAMES))
             self.last_repetition = torch.zeros(b)
+            self.last_sat = torch.zeros(b)
         keep = torch.where(fresh_day, 0.0, 0.5)[mask]
         self.depth[mask] = 0
         self.fatigue[mask] = self.fatigue[mask] * keep
@@ -236,8 +237,11 @@ class RetentionEnv:
             torch.where(click, 0.05 + 0.3 * u[..., _R], torch.full_like(dur, 0.02)),
         )
         watch = dur * frac
-        bait_click = w.video_bait[shown] * responses[..., _CLICK]
-        value = torch.cat((frac.unsqueeze(-1), responses, bait_click.unsqueeze(-1)), dim=-1)
+        clicked = responses[..., _CLICK]
+        value = torch.cat((
+            frac.unsqueeze(-1), responses, (w.video_bait[shown] * clicked).unsqueeze(-1),
+            (w.video_duration_z[shown] * clicked).unsqueeze(-1),
+        ), dim=-1)
         sat = (value * w.sat_coef[self.group].unsqueeze(1)).sum(-1).mean(1)
         return responses, watch, sat, repetition
 
@@ -248,6 +252,7 @@ class RetentionEnv:
         self.last_response = per_request
         self.session_response += per_request
         self.session_sat += sat
+        self.last_sat = sat
         self.session_follows += responses[..., _FOLLOW].sum(1)
         self.depth += 1
         rep = repetition.mean(1)
@@ -279,8 +284,12 @@ class RetentionEnv:
         u_gap = torch.rand(b, generator=self.rng)
         depth = self.depth.clamp(min=1)
         quality = self.session_sat / depth  # mean satisfaction per request, signed
-        # Return propensity: activity group + long-term habit + this session's quality + noise.
-        z = w.group_return[self.group] + 0.8 * self.habit + 0.9 * quality + c.return_noise * noise
+        # Return propensity: activity group + long-term habit + this session's quality + how it
+        # ended (peak-end: the last request's satisfaction) + exogenous noise (uncertainty).
+        z = (
+            w.group_return[self.group] + 0.8 * self.habit + 0.9 * quality + 0.6 * self.last_sat
+            + c.return_noise * noise
+        )
         reopen_logit = (
             c.reopen_bias + w.group_reopen[self.group] + 0.8 * quality + 0.5 * self.habit
             - 0.7 * self.opens_today
@@ -317,3 +326,25 @@ class RetentionEnv:
         self.opens_today = torch.where(same_day, self.opens_today + 1, torch.where(new_day, 0.0, self.opens_today))
         self.day = torch.where(new_day, self.day + first, self.day)
         self._start_sessions(end, fresh_day=new_day)
+
+
+def _env_state_names(env: RetentionEnv) -> list[str]:
+    return sorted(k for k, v in env.__dict__.items() if isinstance(v, torch.Tensor) and k != "_score_ref_inv")
+
+
+def env_state_dict(env: RetentionEnv) -> dict:
+    """Every per-user tensor and the RNG state: enough to continue bit for bit (``--resume``)."""
+    state = {k: env.__dict__[k].clone() for k in _env_state_names(env)}
+    state["__rng__"] = env.rng.get_state()
+    state["__seed__"] = env.seed
+    return state
+
+
+def load_env_state_dict(env: RetentionEnv, state: dict) -> None:
+    for k, v in state.items():
+        if k == "__rng__":
+            env.rng.set_state(v)
+        elif k == "__seed__":
+            env.seed = v
+        else:
+            setattr(env, k, v.clone())

@@ -151,16 +151,17 @@ _COEF_DURATION = (-0.2, -0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 _COEF_AFFINITY = (0.9, 0.9, 0.6, 1.5, 0.4, 0.2, 1.2, -0.8)
 # State terms the point-wise models do not see (so predictions are biased where it matters).
 _COEF_FATIGUE = (-0.35, -0.45, -0.2, -0.2, -0.2, -0.2, -0.2, 0.5)
-_COEF_REPEAT = (-0.4, -0.6, -0.3, -0.3, -0.3, -0.3, -0.3, 1.2)
+_COEF_REPEAT = (-0.8, -1.2, -0.4, -0.4, -0.4, -0.4, -0.4, 2.0)
 
 # Per-group value of each response for the user's satisfaction (signed). Rows: high, middle, low,
-# new. Columns: watch fraction, then BEHAVIOURS (click-bait clicks are penalised separately).
-#                      watch click long like follow comment fwd profile hate  bait-click
+# new. Columns: watch fraction, then BEHAVIOURS, then click-bait clicks and the duration (z-score)
+# of clicked videos: heavy users enjoy long videos, low-activity and new users are put off by them.
+#                      watch click long like follow comment fwd profile hate  bait  duration
 _SAT_COEF = (
-    (1.2, 0.0, 0.4, 1.0, 1.0, 1.0, 1.0, 0.3, -4.0, -0.3),  # high: heavy consumers, watch time
-    (0.6, 0.0, 0.7, 2.0, 3.0, 2.0, 2.0, 0.5, -5.0, -0.8),  # middle
-    (0.2, 0.0, 0.9, 3.0, 3.0, 2.0, 3.0, 0.5, -8.0, -1.6),  # low: punish click-bait and hate
-    (0.6, 0.0, 0.5, 2.0, 8.0, 2.0, 2.0, 1.5, -6.0, -0.8),  # new: won over by follows
+    (1.2, 0.0, 0.4, 1.0, 1.0, 1.0, 1.0, 0.3, -4.0, -0.3, 0.4),  # high: heavy consumers, watch time
+    (0.6, 0.0, 0.7, 2.0, 3.0, 2.0, 2.0, 0.5, -5.0, -0.8, 0.0),  # middle
+    (0.2, 0.0, 0.9, 3.0, 3.0, 2.0, 3.0, 0.5, -8.0, -1.6, -0.6),  # low: punish click-bait and hate
+    (0.6, 0.0, 0.5, 2.0, 8.0, 2.0, 2.0, 1.5, -6.0, -0.8, -0.4),  # new: won over by follows
 )
 # Sensitivity of fatigue to topic repetition, per group (heavy users tire fastest of repetition).
 _REPEAT_FATIGUE = (1.6, 1.0, 0.6, 0.8)
@@ -195,6 +196,7 @@ class World:
         # Durations: log-normal with median 81 s (KuaiRand's median), clipped to [5 s, 600 s].
         self.video_duration = torch.exp(math.log(81.0) + 0.8 * torch.randn(n, generator=g)).clamp(5, 600)
         dur_z = (self.video_duration.log() - math.log(81.0)) / 0.8
+        self.video_duration_z = dur_z
 
         coef = lambda t: torch.tensor(t, dtype=torch.float32)  # noqa: E731
         self.coef_affinity = coef(_COEF_AFFINITY)

@@ -14,7 +14,7 @@ from rlur.agents.policy import GaussianPolicy, TablePolicy, policy_to_dict
 from rlur.sim.env import OBS_FIELDS
 from rlur.sim.world import GROUPS, SCORE_NAMES, World
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "policy_checkpoint"]
+__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "policy_checkpoint"]
 
 
 def _atomic_replace(path: Path, write) -> None:

@@ -1,0 +1,386 @@
+"""The ranking service: a FastAPI app around a hot-swappable :class:`~rlur.serving.ranker.Ranker`.
+
+Endpoints (see ``docs/serving.md``): ``POST /v1/rank``, ``POST /v1/rank:batch``, ``GET /healthz``,
+``GET /readyz``, ``GET /metrics``, ``POST /admin/reload``.
+
+Design notes:
+
+* Bodies are read raw and validated with ``Model.model_validate_json`` (pydantic-core parses and
+  validates in one pass; no intermediate ``dict``); the request models are still published in the
+  OpenAPI schema. Any validation failure, malformed JSON included, is a 422 naming the field.
+* Ranking runs inline in the event loop: it is short CPU work (one forward pass, one matmul) and a
+  thread hop per request would cost more than it saves on a 2-core box.
+* The policy lives in one attribute that a reload replaces: a handler reads it once, so in-flight
+  requests finish on the policy they started with and a swap never drops a request.
+* Loading (initial and reloads) runs in a worker thread, so ``/healthz`` answers at once and
+  ``/readyz`` turns 200 when the first policy is in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydantic_core
+import torch
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from pydantic import ValidationError
+from pydantic.json_schema import models_json_schema
+
+from rlur.serving.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
+from rlur.serving.ranker import Ranker, RankOutput, checkpoint_file
+from rlur.serving.request_log import LogBatch, RequestLogWriter
+from rlur.serving.schemas import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_CANDIDATES,
+    MessageResponse,
+    RankBatchRequest,
+    RankBatchResponse,
+    RankInput,
+    RankRequest,
+    RankResponse,
+    ReloadResponse,
+    ValidationErrorResponse,
+)
+
+__all__ = ["ServerState", "ServingConfig", "create_app"]
+
+log = logging.getLogger("rlur.serving")
+
+ENDPOINTS = ("/v1/rank", "/v1/rank:batch", "/healthz", "/readyz", "/metrics", "/admin/reload", "/openapi.json",
+             "/docs")
+MAX_ERRORS = 20
+
+
+@dataclass
+class ServingConfig:
+    """How to run the service. ``log_path=None`` logs to ``requests.sqlite`` next to the checkpoint."""
+
+    checkpoint: str | Path
+    log_path: str | Path | None = None
+    request_log: bool = True
+    log_candidates: bool = False
+    max_candidates: int = DEFAULT_MAX_CANDIDATES
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_body_bytes: int = 256 * 2**20
+    watch: bool = False
+    watch_interval: float = 2.0
+    admin_token: str | None = None
+    seed: int | None = None
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return checkpoint_file(self.checkpoint)
+
+    def resolved_log_path(self) -> Path | None:
+        if not self.request_log:
+            return None
+        if self.log_path is not None:
+            return Path(self.log_path)
+        return self.checkpoint_file.parent / "requests.sqlite"
+
+
+def _stamp(file: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class ServerState:
+    """Everything the handlers share: the current ranker, the request log, metrics, the noise generator."""
+
+    def __init__(self, config: ServingConfig) -> None:
+        self.config = config
+        self.metrics = Metrics(ENDPOINTS)
+        self.generator = torch.Generator()
+        if config.seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(config.seed)
+        self.ranker: Ranker | None = None
+        self.load_error: str | None = None
+        self.log: RequestLogWriter | None = None
+        self.context = {"max_candidates": config.max_candidates, "max_batch": config.max_batch}
+        self._reload_lock = asyncio.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._failed_stamp: tuple[int, int, int] | None = None
+
+    # -- policy --------------------------------------------------------------------------------
+    async def reload(self) -> dict[str, Any]:
+        """Load the checkpoint in a worker thread and swap it in; raises (and keeps the old one) on failure."""
+        async with self._reload_lock:
+            file = self.config.checkpoint_file
+            stamp = _stamp(file)
+            try:
+                new = await asyncio.to_thread(Ranker.from_checkpoint, file)
+            except Exception as err:
+                self.metrics.reload_failures += 1
+                self._failed_stamp = stamp
+                if self.ranker is None:
+                    self.load_error = str(err)
+                log.error("policy load from %s failed: %s", file, err)
+                raise
+            old, self.ranker = self.ranker, new
+            self._stamp, self.load_error = stamp, None
+            self.metrics.reloads += 1
+            log.info("serving policy %s (%s) from %s", new.version, new.sha256[:12], file)
+            return {
+                "policy_version": new.version,
+                "previous_version": None if old is None else old.version,
+                "changed": old is None or old.sha256 != new.sha256,
+            }
+
+    async def initial_load(self) -> None:
+        try:
+            await self.reload()
+        except Exception:  # reported by /readyz; --watch retries once the file changes
+            pass
+
+    async def watch(self) -> None:
+        """Poll the checkpoint's mtime/size/inode and reload when it changes."""
+        file = self.config.checkpoint_file
+        while True:
+            await asyncio.sleep(self.config.watch_interval)
+            stamp = _stamp(file)
+            if stamp is not None and stamp != self._stamp and stamp != self._failed_stamp:
+                try:
+                    await self.reload()
+                except Exception:
+                    pass
+
+    # -- request log -----------------------------------------------------------------------------
+    def open_log(self) -> None:
+        path = self.config.resolved_log_path()
+        if path is not None:
+            self.log = RequestLogWriter(path)
+
+    def close_log(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+    # -- serving ---------------------------------------------------------------------------------
+    def finish(self, ranker: Ranker, inputs: Sequence[RankInput], out: RankOutput, endpoint: str) -> list[dict]:
+        """Turn the ranker's output into response dicts and queue the log records."""
+        b = len(inputs)
+        rids = [r.request_id or uuid.uuid4().hex for r in inputs]
+        top = out.top.tolist()
+        shown = [[inp.ids[j] for j in t] for inp, t in zip(inputs, top, strict=True)]
+        action, mu, sigma, lp = out.action.tolist(), out.mu.tolist(), out.sigma.tolist(), out.log_prob.tolist()
+        version = ranker.version
+        results = [
+            {"request_id": rids[i], "top_ids": shown[i], "action": action[i], "mu": mu[i], "sigma": sigma[i],
+             "log_prob": lp[i], "policy_version": version}
+            for i in range(b)
+        ]
+        self.metrics.ranked += b
+        if self.log is not None:
+            self.log.submit(LogBatch(
+                ts=time.time(), policy_version=version, endpoint=endpoint, request_ids=rids,
+                user_ids=[r.user_id for r in inputs], groups=[r.group for r in inputs],
+                state=np.stack([r.state for r in inputs]), action=out.action, mu=out.mu, sigma=out.sigma,
+                log_prob=out.log_prob, deterministic=[r.deterministic for r in inputs],
+                seeds=[r.seed for r in inputs], shown_ids=shown, shown_pos=out.top,
+                n_candidates=[len(r.ids) for r in inputs],
+                candidate_ids=[list(r.ids) for r in inputs] if self.config.log_candidates else None,
+            ))
+        return results
+
+    def gauges(self) -> dict[str, tuple[str, list[tuple[dict[str, str], float]]]]:
+        r = self.ranker
+        g: dict[str, tuple[str, list[tuple[dict[str, str], float]]]] = {
+            "rlur_policy_loaded": ("1 once a policy is loaded.", [({}, 0 if r is None else 1)]),
+        }
+        if r is not None:
+            g["rlur_policy_info"] = ("The policy being served.", [({"version": r.version, "algo": r.algo}, 1)])
+        if self.log is not None:
+            lg = self.log
+            g["rlur_request_log_rows_written"] = ("Request log rows written.", [({}, lg.rows_written)])
+            g["rlur_request_log_pending_rows"] = ("Request log rows queued, not yet written.", [({}, lg.pending)])
+            g["rlur_request_log_failed_rows"] = ("Request log rows that failed to write.", [({}, lg.errors)])
+        return g
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(content=pydantic_core.to_json(obj), status_code=status, media_type="application/json")
+
+
+def _invalid(err: ValidationError) -> Response:
+    errors = err.errors(include_url=False, include_context=False, include_input=False)
+    detail: list[dict[str, Any]] = [
+        {"type": e["type"], "loc": ["body", *e["loc"]], "msg": e["msg"]} for e in errors[:MAX_ERRORS]
+    ]
+    if len(errors) > MAX_ERRORS:
+        detail.append({"type": "too_many_errors", "loc": ["body"], "msg": f"{len(errors) - MAX_ERRORS} more errors"})
+    return _json({"detail": detail}, 422)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or ``None`` when it exceeds ``limit`` bytes."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        return None
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _body_schema(model: str) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}}
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": MessageResponse, "description": "Body larger than the configured maximum"},
+    422: {"model": ValidationErrorResponse, "description": "Invalid request; `loc` names the field"},
+    503: {"model": MessageResponse, "description": "No policy loaded yet"},
+}
+
+
+def _st(request: Request) -> ServerState:
+    return request.app.state.rlur
+
+
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def readyz(request: Request) -> Response:
+    state = _st(request)
+    r = state.ranker
+    if r is None:
+        return _json({"ready": False, "error": state.load_error}, 503)
+    return _json({"ready": True, **r.info})
+
+
+async def metrics(request: Request) -> Response:
+    state = _st(request)
+    return Response(state.metrics.render(state.gauges()), media_type=CONTENT_TYPE)
+
+
+async def _serve(request: Request, batch: bool) -> Response:
+    state = _st(request)
+    ranker = state.ranker  # read once: a concurrent reload never changes the policy under this request
+    if ranker is None:
+        return _json({"detail": "no policy loaded yet"}, 503)
+    body = await _read_body(request, state.config.max_body_bytes)
+    if body is None:
+        return _json({"detail": f"request body larger than {state.config.max_body_bytes} bytes"}, 413)
+    try:
+        if batch:
+            reqs = RankBatchRequest.model_validate_json(body, context=state.context).requests
+        else:
+            reqs = [RankRequest.model_validate_json(body, context=state.context)]
+    except ValidationError as err:
+        return _invalid(err)
+    inputs = [r.to_input() for r in reqs]
+    out = ranker.rank(inputs, state.generator)
+    results = state.finish(ranker, inputs, out, "/v1/rank:batch" if batch else "/v1/rank")
+    if batch:
+        return _json({"results": results, "policy_version": ranker.version})
+    return _json(results[0])
+
+
+async def rank(request: Request) -> Response:
+    return await _serve(request, batch=False)
+
+
+async def rank_batch(request: Request) -> Response:
+    return await _serve(request, batch=True)
+
+
+async def admin_reload(request: Request) -> Response:
+    state = _st(request)
+    token = state.config.admin_token
+    if token is not None and not hmac.compare_digest(
+        request.headers.get("x-admin-token", "").encode(), token.encode()
+    ):
+        return _json({"detail": "missing or wrong X-Admin-Token header"}, 403)
+    try:
+        result = await state.reload()
+    except Exception as err:
+        kept = state.ranker.version if state.ranker is not None else "nothing"
+        return _json({"detail": f"reload failed: {err}; still serving {kept}"}, 409)
+    return _json(result)
+
+
+def _add_routes(app: FastAPI) -> None:
+    app.add_api_route("/healthz", healthz, methods=["GET"], summary="Liveness: the process answers")
+    app.add_api_route("/readyz", readyz, methods=["GET"], summary="Readiness: 200 once a policy is loaded, else 503",
+                      responses={503: {"description": "No policy loaded yet"}})
+    app.add_api_route("/metrics", metrics, methods=["GET"], summary="Prometheus metrics (text format 0.0.4)",
+                      responses={200: {"content": {"text/plain": {}}}})
+    app.add_api_route("/v1/rank", rank, methods=["POST"], summary="Rank one request's candidates",
+                      response_model=RankResponse, openapi_extra=_body_schema("RankRequest"), responses=_ERRORS)
+    app.add_api_route("/v1/rank:batch", rank_batch, methods=["POST"],
+                      summary="Rank many requests with one forward pass", response_model=RankBatchResponse,
+                      openapi_extra=_body_schema("RankBatchRequest"), responses=_ERRORS)
+    app.add_api_route("/admin/reload", admin_reload, methods=["POST"],
+                      summary="Reload the checkpoint and swap the policy atomically", response_model=ReloadResponse,
+                      responses={
+                          403: {"model": MessageResponse, "description": "Missing or wrong X-Admin-Token"},
+                          409: {"model": MessageResponse, "description": "The checkpoint failed to load; old policy kept"},
+                      })
+
+
+def create_app(config: ServingConfig) -> FastAPI:
+    """Build the app. The policy is loaded (in a thread) when the app starts, e.g. under uvicorn."""
+    state = ServerState(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.open_log()
+        tasks = [asyncio.create_task(state.initial_load())]
+        if config.watch:
+            tasks.append(asyncio.create_task(state.watch()))
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            state.close_log()
+
+    app = FastAPI(
+        title="rlur ranking API",
+        version="1",
+        description="Per request: the user state goes to the RLUR actor, which returns (μ, σ); the action "
+        "a ~ N(μ, σ) (or μ) sets the fusion weights; the top 6 candidates by Σ_l w_l x_l / score_ref_l "
+        "are shown. The served μ, σ and log-probability are returned and logged.",
+        lifespan=lifespan,
+    )
+    app.state.rlur = state
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    _add_routes(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            _, defs = models_json_schema(
+                [(RankRequest, "validation"), (RankBatchRequest, "validation")],
+                ref_template="#/components/schemas/{model}",
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

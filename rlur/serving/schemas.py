@@ -1,0 +1,336 @@
+"""Request and response schemas of the ranking API, validated by pydantic into numpy arrays.
+
+One :class:`RankRequest` is one ranking request. Its candidates come in one of three forms, all
+validated by the same model (so ``/v1/rank`` and ``/v1/rank:batch`` accept exactly the same items):
+
+* ``candidates``: a list of ``{"id": …, "scores": {name: value, …}}`` (or ``"scores"`` as a list of
+  the k values in ``SCORE_NAMES`` order): readable, but one object per candidate is the slowest form;
+* ``candidate_ids`` + ``scores``: the ids, and a ``C × k`` nested list of values in ``SCORE_NAMES``
+  order (columnar: no per-candidate object);
+* ``candidate_ids`` + ``scores_b64``: the ``C × k`` values as base64 of little-endian float32 in
+  row-major order (no float parsing at all; the fast path for high-throughput callers).
+
+Numeric checks (finite, bounded, shapes) run on numpy arrays, never per candidate in Python; the
+validated arrays are kept on the model and handed to the ranker through :meth:`RankRequest.to_input`.
+Limits that a server configures (``max_candidates``, ``max_batch``) come in the validation
+``context``; without one the defaults below apply.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from rlur.sim.env import OBS_DIM
+from rlur.sim.world import GROUPS, SCORE_NAMES
+
+__all__ = [
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_CANDIDATES",
+    "MAX_ABS_SCORE",
+    "MAX_ABS_STATE",
+    "SLATE_SIZE",
+    "Candidate",
+    "ErrorDetail",
+    "MessageResponse",
+    "RankBatchRequest",
+    "RankBatchResponse",
+    "RankInput",
+    "RankRequest",
+    "RankResponse",
+    "ReloadResponse",
+    "ValidationErrorResponse",
+]
+
+#: Number of candidates shown per request (the slate); a request must bring at least this many.
+SLATE_SIZE = 6
+DEFAULT_MAX_CANDIDATES = 1000
+DEFAULT_MAX_BATCH = 1024
+#: Bounds that keep the float32 fusion score and the actor's forward pass finite.
+MAX_ABS_SCORE = 1e15
+MAX_ABS_STATE = 1e6
+
+K = len(SCORE_NAMES)
+GroupName = Literal[GROUPS]  # type: ignore[valid-type]
+CandidateId = (
+    Annotated[int, Field(ge=-(2**63), lt=2**63)] | Annotated[str, Field(min_length=1, max_length=256)]
+)
+UserId = Annotated[int, Field(ge=-(2**63), lt=2**63)] | Annotated[str, Field(max_length=256)]
+ScoreRow = Annotated[list[float], Field(min_length=K, max_length=K)]
+
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+
+
+def _limit(info: ValidationInfo, key: str, default: int) -> int:
+    ctx = info.context
+    return int(ctx.get(key, default)) if isinstance(ctx, dict) else default
+
+
+def _check_ids(ids: list[Any], name: str, info: ValidationInfo) -> None:
+    """Count within ``[SLATE_SIZE, max_candidates]`` and no duplicate ids."""
+    n, most = len(ids), _limit(info, "max_candidates", DEFAULT_MAX_CANDIDATES)
+    if n < SLATE_SIZE:
+        raise ValueError(f"{name} must hold at least {SLATE_SIZE} candidates (the slate size), got {n}")
+    if n > most:
+        raise ValueError(f"{name} holds {n} candidates, more than the maximum of {most}")
+    if len(set(ids)) != n:
+        seen: dict[Any, int] = {}
+        for i, c in enumerate(ids):
+            if c in seen:
+                raise ValueError(f"duplicate candidate id {c!r} in {name} (positions {seen[c]} and {i})")
+            seen[c] = i
+
+
+def _check_scores(arr: np.ndarray, name: str) -> np.ndarray:
+    """``arr`` (C, k) float32: finite and ``|x| ≤ MAX_ABS_SCORE``."""
+    bad = ~(np.abs(arr) <= MAX_ABS_SCORE)  # also catches NaN
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name}[{row}] ({SCORE_NAMES[col]}) must be finite with magnitude at most {MAX_ABS_SCORE:g}"
+        )
+    return arr
+
+
+def _to_f32(values: Any) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(values, dtype=np.float32)
+
+
+class Candidate(BaseModel):
+    """One candidate video: its id and its k point-wise predicted scores."""
+
+    model_config = _STRICT
+
+    id: CandidateId = Field(description="candidate id: an integer (int64) or a string of 1..256 characters")
+    scores: Annotated[
+        Annotated[dict[str, float], Tag("by_name")] | Annotated[ScoreRow, Tag("in_order")],
+        Discriminator(lambda v: "by_name" if isinstance(v, dict) else "in_order"),
+    ] = Field(
+        description=f"the k={K} predicted scores: an object keyed by score name ({', '.join(SCORE_NAMES)}), "
+        "or a list of the k values in that order",
+    )
+
+    @field_validator("scores")
+    @classmethod
+    def _names(cls, v: dict[str, float] | list[float]) -> dict[str, float] | list[float]:
+        if isinstance(v, dict) and v.keys() != set(SCORE_NAMES):
+            missing = [n for n in SCORE_NAMES if n not in v]
+            unknown = sorted(set(v) - set(SCORE_NAMES))
+            parts = [f"missing score names {missing}"] if missing else []
+            parts += [f"unknown score names {unknown}"] if unknown else []
+            raise ValueError("; ".join(parts) + f" (expected exactly {list(SCORE_NAMES)})")
+        return v
+
+    def row(self) -> list[float]:
+        s = self.scores
+        return [s[n] for n in SCORE_NAMES] if isinstance(s, dict) else s
+
+
+@dataclass
+class RankInput:
+    """A validated request, as arrays: what :meth:`rlur.serving.ranker.Ranker.rank` consumes."""
+
+    state: np.ndarray
+    """``(OBS_DIM,)`` float32 user state."""
+    group: int
+    """Index into ``GROUPS``."""
+    ids: list[Any]
+    """Candidate ids, in request order."""
+    scores: np.ndarray
+    """``(C, k)`` float32 predicted scores in ``SCORE_NAMES`` order."""
+    deterministic: bool = False
+    seed: int | None = None
+    user_id: int | str | None = None
+    request_id: str | None = None
+
+
+class RankRequest(BaseModel):
+    """One ranking request: the user's state and group, and the candidates to rank.
+
+    After validation ``scores`` / ``scores_b64`` hold the decoded ``(C, k)`` float32 array (their JSON
+    schema is the wire format); :meth:`to_input` hands the arrays to the ranker.
+    """
+
+    model_config = ConfigDict(
+        strict=True, allow_inf_nan=False, extra="forbid",
+        json_schema_extra={"examples": [{
+            "state": [0.0] * OBS_DIM, "group": "high", "deterministic": False, "user_id": "u42", "seed": 7,
+            "candidates": [{"id": j, "scores": dict.fromkeys(SCORE_NAMES, 0.1)} for j in range(6)],
+        }]},
+    )
+
+    state: Annotated[list[float], Field(min_length=OBS_DIM, max_length=OBS_DIM)] = Field(
+        description=f"the user state: {OBS_DIM} finite floats laid out as rlur.sim.env.OBS_FIELDS",
+    )
+    group: GroupName = Field(description=f"the user's activity group, one of {list(GROUPS)}")
+    candidates: list[Candidate] | None = Field(
+        None, description="candidates as objects (give this, or candidate_ids with scores or scores_b64)",
+    )
+    candidate_ids: list[CandidateId] | None = Field(None, description="candidate ids (columnar forms)")
+    scores: list[ScoreRow] | None = Field(
+        None, description=f"C × {K} scores in SCORE_NAMES order, one row per candidate_ids entry",
+    )
+    scores_b64: str | None = Field(
+        None, description=f"C × {K} scores as base64 of little-endian float32, row-major, SCORE_NAMES order",
+    )
+    deterministic: bool = Field(False, description="serve a = μ instead of sampling a ~ N(μ, σ)")
+    user_id: UserId | None = Field(None, description="opaque user id, written to the request log")
+    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = Field(
+        None, description="seed of this request's action noise (same seed and policy → same ranking)",
+    )
+    request_id: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+        None, description="client-chosen request id (default: a server-generated UUID)",
+    )
+
+    _state: np.ndarray = PrivateAttr()
+    _ids: list[Any] = PrivateAttr()
+    _scores: np.ndarray = PrivateAttr()
+
+    @field_validator("state")
+    @classmethod
+    def _state_bounded(cls, v: list[float]) -> list[float]:
+        if max(map(abs, v)) > MAX_ABS_STATE:
+            i = next(i for i, x in enumerate(v) if abs(x) > MAX_ABS_STATE)
+            raise ValueError(f"state[{i}] has magnitude above {MAX_ABS_STATE:g}")
+        return v
+
+    @field_validator("candidates")
+    @classmethod
+    def _candidates_ok(cls, v: list[Candidate] | None, info: ValidationInfo) -> list[Candidate] | None:
+        if v is not None:
+            _check_ids([c.id for c in v], "candidates", info)
+        return v
+
+    @field_validator("candidate_ids")
+    @classmethod
+    def _ids_ok(cls, v: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        if v is not None:
+            _check_ids(v, "candidate_ids", info)
+        return v
+
+    @field_validator("scores")
+    @classmethod
+    def _scores_array(cls, v: list[list[float]] | None) -> np.ndarray | None:
+        # After validation the field holds the (C, k) float32 array (the JSON schema stays a list).
+        return None if v is None else _check_scores(_to_f32(v).reshape(-1, K), "scores")
+
+    @field_validator("scores_b64")
+    @classmethod
+    def _b64_array(cls, v: str | None) -> np.ndarray | None:
+        # After validation the field holds the decoded (C, k) float32 array.
+        if v is None:
+            return v
+        try:
+            raw = base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("scores_b64 is not valid base64") from None
+        if len(raw) % (4 * K):
+            raise ValueError(f"scores_b64 must decode to a multiple of {4 * K} bytes (rows of {K} float32)")
+        return _check_scores(np.frombuffer(raw, dtype="<f4").reshape(-1, K).astype(np.float32), "scores_b64")
+
+    @model_validator(mode="after")
+    def _arrays(self) -> RankRequest:
+        if (self.candidates is not None) == (self.candidate_ids is not None):
+            raise ValueError("give either 'candidates', or 'candidate_ids' with 'scores' or 'scores_b64'")
+        if self.candidates is not None:
+            if self.scores is not None or self.scores_b64 is not None:
+                raise ValueError("'scores'/'scores_b64' go with 'candidate_ids', not with 'candidates'")
+            self._ids = [c.id for c in self.candidates]
+            self._scores = _check_scores(_to_f32([c.row() for c in self.candidates]), "candidates")
+        else:
+            if (self.scores is None) == (self.scores_b64 is None):
+                raise ValueError("'candidate_ids' needs exactly one of 'scores' or 'scores_b64'")
+            name = "scores" if self.scores is not None else "scores_b64"
+            scores: np.ndarray = getattr(self, name)
+            self._ids = self.candidate_ids  # type: ignore[assignment]
+            if scores.shape[0] != len(self._ids):
+                raise ValueError(f"'{name}' has {scores.shape[0]} rows but 'candidate_ids' has {len(self._ids)}")
+            self._scores = scores
+        self._state = np.asarray(self.state, dtype=np.float32)
+        return self
+
+    def to_input(self) -> RankInput:
+        """The validated request as arrays."""
+        return RankInput(
+            state=self._state, group=GROUPS.index(self.group), ids=self._ids, scores=self._scores,
+            deterministic=self.deterministic, seed=self.seed, user_id=self.user_id, request_id=self.request_id,
+        )
+
+
+class RankBatchRequest(BaseModel):
+    """Many ranking requests served in one call (one forward pass, one vectorised scoring)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    requests: list[RankRequest] = Field(description="the requests, each exactly as for /v1/rank")
+
+    @field_validator("requests")
+    @classmethod
+    def _size(cls, v: list[RankRequest], info: ValidationInfo) -> list[RankRequest]:
+        most = _limit(info, "max_batch", DEFAULT_MAX_BATCH)
+        if not 1 <= len(v) <= most:
+            raise ValueError(f"requests must hold 1 to {most} requests, got {len(v)}")
+        return v
+
+
+class RankResponse(BaseModel):
+    """What was served: the slate, and the behaviour policy's action and density (for training)."""
+
+    request_id: str
+    top_ids: list[CandidateId] = Field(description=f"the {SLATE_SIZE} shown candidate ids, best first")
+    action: list[float] = Field(description="the served action a in R^k (clipped to [-1, 1] when ranking)")
+    mu: list[float] = Field(description="the behaviour policy's mean μ(s)")
+    sigma: list[float] = Field(description="the behaviour policy's standard deviation σ(s)")
+    log_prob: float = Field(description="log N(a; μ, diag σ²), summed over the k dimensions")
+    policy_version: str
+
+
+class RankBatchResponse(BaseModel):
+    """One :class:`RankResponse` per request, in request order, all from one policy version."""
+
+    results: list[RankResponse]
+    policy_version: str
+
+
+class ReloadResponse(BaseModel):
+    """Result of ``POST /admin/reload``."""
+
+    policy_version: str
+    previous_version: str | None
+    changed: bool
+
+
+class ErrorDetail(BaseModel):
+    """One validation error (FastAPI's ``detail`` entries, without the echoed input)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(BaseModel):
+    """Body of a 422 response."""
+
+    detail: list[ErrorDetail]
+
+
+class MessageResponse(BaseModel):
+    """Body of a 403, 409, 413 or 503 response."""
+
+    detail: str

@@ -1,0 +1,392 @@
+"""Gymnasium wrappers of the retention simulator: one user (``Env``) or a batch (``VectorEnv``).
+
+* **Action**: ``a ∈ [-1, 1]^k`` (``Box(-1, 1, (8,), float32)``, :data:`SCORE_NAMES` order), mapped inside to
+  fusion weights ``w = weight_max · (a + 1) / 2`` (:func:`rlur.sim.ranking.action_to_weights`); each
+  predicted score is divided by its typical value ``world.score_ref`` before weighting.
+* **Reward**: ``-return_time`` (days until the user comes back, a same-day reopen counting a fraction
+  of a day) on the request that ends a session, 0 on every other request. Everything else (immediate
+  feedback, return day, group, calendar day) goes into ``info``.
+* **Episodes**: a session end is not an episode end. There is no absorbing state, so ``terminated`` is
+  always False; ``truncated`` becomes True once the user's calendar day reaches ``horizon_days`` or
+  after ``max_requests`` requests.
+
+Both classes are registered as ``rlur/Retention-v0`` (:func:`register_envs`, run on import):
+``gymnasium.make("rlur/Retention-v0")`` and ``gymnasium.make_vec("rlur/Retention-v0", num_envs=B,
+vectorization_mode="vector_entry_point")`` (or ``"rlur.sim.gym_env:rlur/Retention-v0"`` to import on
+the fly). See ``docs/observation.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import gymnasium
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from rlur.sim.env import OBS_DIM, OBS_FIELDS, RetentionEnv, StepResult
+from rlur.sim.world import BEHAVIOURS, SCORE_NAMES, World, WorldConfig
+
+__all__ = [
+    "ENV_ID",
+    "FEEDBACK_NAMES",
+    "RetentionGymEnv",
+    "RetentionVectorEnv",
+    "make_action_space",
+    "make_observation_space",
+    "observation_table_markdown",
+    "register_envs",
+]
+
+#: Registered id of both wrappers.
+ENV_ID = "rlur/Retention-v0"
+#: Keys of ``info["feedback"]``: watch seconds of the slate, then the count of each behaviour on it.
+FEEDBACK_NAMES: tuple[str, ...] = ("watch_time", *BEHAVIOURS)
+
+_SEED_HIGH = 2**31 - 1  # simulator seeds are multiplied inside; keep them well within int64
+
+
+def _resolve_world(world: World | WorldConfig | None, world_seed: int | None) -> World:
+    """Build the world from a ``World``, a ``WorldConfig`` or the defaults, with ``world_seed`` applied."""
+    if isinstance(world, World):
+        if world_seed is not None and world_seed != world.config.world_seed:
+            raise ValueError(f"world_seed={world_seed} contradicts the World's {world.config.world_seed}")
+        return world
+    config = world if world is not None else WorldConfig()
+    if world_seed is not None:
+        config = dataclasses.replace(config, world_seed=int(world_seed))
+    return World(config)
+
+
+def _check_limits(horizon_days: int, max_requests: int) -> None:
+    if horizon_days <= 0:
+        raise ValueError(f"horizon_days must be positive, got {horizon_days}")
+    if max_requests <= 0:
+        raise ValueError(f"max_requests must be positive, got {max_requests}")
+
+
+def _draw_seed(rng: np.random.Generator) -> int:
+    """A simulator seed drawn from the Gymnasium generator (so ``reset(seed=s)`` is reproducible)."""
+    return int(rng.integers(0, _SEED_HIGH))
+
+
+# ----------------------------------------------------------------------------------------------
+# Spaces
+# ----------------------------------------------------------------------------------------------
+def _field_bounds(name: str, config: WorldConfig, max_requests: int) -> tuple[float, float]:
+    """Bounds of one observation field (see ``OBS_FIELDS``); unknown fields are unbounded."""
+    bounds = {
+        "group_onehot": (0.0, 1.0),
+        "request_index": (0.0, config.max_session_depth / 10),
+        "opens_today": (0.0, config.max_opens_per_day / 3),
+        "last_return_time": (0.0, config.return_horizon_days / 10),
+        "ema_return_time": (0.0, max(config.return_horizon_days, 10) / 10),
+        "ema_session_depth": (0.0, max(config.max_session_depth, 20) / 20),
+        # sessions ≤ requests ≤ max_requests within an episode
+        "log_sessions": (0.0, math.log1p(max_requests) / 5),
+        "topic_concentration": (0.0, 1.0),
+        "last_repetition": (0.0, 1.0),
+        "last_response": (0.0, 1.0),
+        "session_response": (0.0, 1.0),
+        "ema_session_quality": (0.0, 1.0),
+        "interest_concentration": (0.0, 1.0),
+    }
+    return bounds.get(name, (-math.inf, math.inf))
+
+
+def make_observation_space(config: WorldConfig | None = None, max_requests: int = 2000) -> spaces.Box:
+    """``Box((OBS_DIM,), float32)`` with per-field bounds (layout: ``rlur.sim.env.OBS_FIELDS``).
+
+    The bounds hold by construction within an episode of at most ``max_requests`` requests; the
+    wrappers clip observations to them, which only ever trims float rounding.
+    """
+    config = config or WorldConfig()
+    low, high = [], []
+    for name, size, _ in OBS_FIELDS:
+        lo, hi = _field_bounds(name, config, max_requests)
+        low += [lo] * size
+        high += [hi] * size
+    return spaces.Box(np.array(low, np.float32), np.array(high, np.float32), (OBS_DIM,), np.float32)
+
+
+def make_action_space() -> spaces.Box:
+    """``Box(-1, 1, (k,), float32)``; ``a`` maps to fusion weights ``w = weight_max · (a + 1) / 2``."""
+    return spaces.Box(-1.0, 1.0, (len(SCORE_NAMES),), np.float32)
+
+
+def observation_table_markdown() -> str:
+    """The Markdown table of the observation layout, generated from ``OBS_FIELDS``."""
+    lines = ["| Field | Indices | Size | Meaning |", "|---|---|---|---|"]
+    start = 0
+    for name, size, description in OBS_FIELDS:
+        idx = f"`obs[{start}]`" if size == 1 else f"`obs[{start}:{start + size}]`"
+        lines.append(f"| `{name}` | {idx} | {size} | {description.replace('|', '/')} |")
+        start += size
+    lines.append(f"| **total** | | **{OBS_DIM}** | `OBS_DIM` |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# Single user
+# ----------------------------------------------------------------------------------------------
+class RetentionGymEnv(gymnasium.Env[np.ndarray, np.ndarray]):
+    """One simulated user as a Gymnasium ``Env`` (an internal :class:`RetentionEnv` with one user).
+
+    Each ``reset`` draws a new user from the world's population, seeded from ``self.np_random``.
+    ``step`` serves one request; the reward is ``-return_time`` (days) at a session end, else 0.
+
+    ``info`` after ``step``: ``session_end`` (bool), ``return_day`` (int: -1 while the session goes on,
+    0 for a same-day reopen, else days until the return), ``return_time`` (float days, present only
+    at a session end), ``feedback`` (dict over :data:`FEEDBACK_NAMES`: watch seconds, behaviour
+    counts on the slate), ``group`` (int index into ``GROUPS``), ``day`` (calendar day of the request
+    just served). ``info`` after ``reset``: ``group`` and ``day`` (0).
+
+    Args:
+        world: a ``World`` or ``WorldConfig`` (default: ``WorldConfig()``).
+        world_seed: overrides the config's ``world_seed``.
+        horizon_days: truncate once the user's calendar day reaches this.
+        max_requests: truncate after this many requests.
+        render_mode: only ``None`` (nothing to render).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(
+        self, world: World | WorldConfig | None = None, *, world_seed: int | None = None,
+        horizon_days: int = 30, max_requests: int = 2000, render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None:
+            raise ValueError(f"render_mode {render_mode!r} is not supported (no render modes)")
+        _check_limits(horizon_days, max_requests)
+        self.world = _resolve_world(world, world_seed)
+        self.horizon_days = int(horizon_days)
+        self.max_requests = int(max_requests)
+        self.render_mode = render_mode
+        self.observation_space = make_observation_space(self.world.config, self.max_requests)
+        self.action_space = make_action_space()
+        self.sim = RetentionEnv(self.world, n_users=1, seed=0)
+        self.requests = 0
+
+    def _obs(self, obs: torch.Tensor) -> np.ndarray:
+        space = self.observation_space
+        return np.clip(obs[0].numpy(), space.low, space.high).astype(np.float32)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        obs = self.sim.reset(_draw_seed(self.np_random))
+        self.requests = 0
+        return self._obs(obs), {"group": int(self.sim.group[0]), "day": int(self.sim.day[0])}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        a = np.asarray(action, dtype=np.float32)
+        if a.shape != self.action_space.shape:
+            raise ValueError(f"action must have shape {self.action_space.shape}, got {a.shape}")
+        r = self.sim.step(torch.tensor(a).unsqueeze(0))  # raises ValueError on NaN / inf
+        self.requests += 1
+        end = bool(r.session_end[0])
+        feedback = r.feedback[0].tolist()
+        info: dict[str, Any] = {
+            "session_end": end,
+            "return_day": int(r.return_day[0]),
+            "feedback": {
+                name: (float(v) if name == "watch_time" else round(v))
+                for name, v in zip(FEEDBACK_NAMES, feedback, strict=True)
+            },
+            "group": int(r.group[0]),
+            "day": int(r.day[0]),
+        }
+        reward = 0.0
+        if end:
+            info["return_time"] = float(r.return_time[0])
+            reward = -info["return_time"]
+        truncated = int(self.sim.day[0]) >= self.horizon_days or self.requests >= self.max_requests
+        return self._obs(r.obs), reward, False, truncated, info
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch of users
+# ----------------------------------------------------------------------------------------------
+def _per_user_fields(world: World) -> tuple[str, ...]:
+    """Names of the simulator's per-user state tensors (leading dimension = number of users).
+
+    Found by comparing a 1-user and a 2-user simulator, so new state added to ``RetentionEnv`` is
+    picked up without listing it here.
+    """
+    one, two = RetentionEnv(world, n_users=1), RetentionEnv(world, n_users=2)
+    names = []
+    for name, v1 in vars(one).items():
+        v2 = getattr(two, name, None)
+        if isinstance(v1, torch.Tensor) and isinstance(v2, torch.Tensor) and v1.dim() >= 1:
+            if v1.shape[0] == 1 and v2.shape[0] == 2 and v1.shape[1:] == v2.shape[1:]:
+                names.append(name)
+    return tuple(names)
+
+
+def _with_masks(values: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
+    """Add Gymnasium's ``_key`` mask next to every key (recursively for nested dicts)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        out[key] = _with_masks(value, mask) if isinstance(value, dict) else value
+        out[f"_{key}"] = mask.copy()
+    return out
+
+
+def _restrict_masks(info: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
+    """Copy of a step info whose ``_key`` masks are and-ed with ``mask`` (for ``final_info``)."""
+    out: dict[str, Any] = {}
+    for key, value in info.items():
+        if isinstance(value, dict):
+            out[key] = _restrict_masks(value, mask)
+        elif key.startswith("_"):
+            out[key] = value & mask
+        else:
+            out[key] = value.copy()
+    return out
+
+
+class RetentionVectorEnv(VectorEnv):
+    """``num_envs`` users stepped together by one :class:`RetentionEnv` (no Python loop over users).
+
+    Same spaces (batched), reward, truncation and info keys as :class:`RetentionGymEnv`, as NumPy
+    arrays: ``info[key]`` is ``(num_envs, …)`` with Gymnasium's mask ``info["_key"]``;
+    ``info["return_time"]`` is NaN where ``info["_return_time"]`` (= ``session_end``) is False.
+
+    **Autoreset: ``AutoresetMode.SAME_STEP``.** A user whose episode is truncated on this step is
+    replaced by a freshly drawn user *within the same step*: the returned observation is the new
+    user's first one; ``info["final_obs"]`` (``(num_envs, OBS_DIM)`` float32, only present when some
+    user was truncated) holds the observation reached before the reset (identical to the returned
+    one for users not reset); ``info["final_info"]`` holds the step's info for the reset users, and
+    ``info["_final_obs"]`` / ``info["_final_info"]`` mark them. As with ``SyncVectorEnv`` in this
+    mode, the top-level ``group`` and ``day`` of a reset user are those of the new user (its reset
+    info). ``reset(options={"reset_mask": mask})`` replaces only the masked users.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(
+        self, num_envs: int = 1, world: World | WorldConfig | None = None, *, world_seed: int | None = None,
+        horizon_days: int = 30, max_requests: int = 2000, chunk_size: int = 512,
+        render_mode: str | None = None,
+    ) -> None:
+        if num_envs <= 0:
+            raise ValueError(f"num_envs must be positive, got {num_envs}")
+        if render_mode is not None:
+            raise ValueError(f"render_mode {render_mode!r} is not supported (no render modes)")
+        _check_limits(horizon_days, max_requests)
+        self.world = _resolve_world(world, world_seed)
+        self.num_envs = int(num_envs)
+        self.horizon_days = int(horizon_days)
+        self.max_requests = int(max_requests)
+        self.chunk_size = int(chunk_size)
+        self.render_mode = render_mode
+        self.single_observation_space = make_observation_space(self.world.config, self.max_requests)
+        self.single_action_space = make_action_space()
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.sim = RetentionEnv(self.world, n_users=self.num_envs, seed=0, chunk_size=self.chunk_size)
+        self.requests = np.zeros(self.num_envs, dtype=np.int64)
+        self._user_fields = _per_user_fields(self.world)
+        self._low = self.single_observation_space.low
+        self._high = self.single_observation_space.high
+
+    def _obs(self) -> np.ndarray:
+        return np.clip(self.sim.observe().numpy(), self._low, self._high).astype(np.float32)
+
+    def _reset_users(self, mask: np.ndarray) -> None:
+        """Replace the users where ``mask`` by freshly drawn ones (seeded from ``self.np_random``)."""
+        n = int(mask.sum())
+        if n == 0:
+            return
+        seed = _draw_seed(self.np_random)
+        fresh = RetentionEnv(self.world, n_users=n, seed=seed, chunk_size=self.chunk_size)
+        rows = torch.from_numpy(mask.copy())
+        for name in self._user_fields:
+            value = getattr(self.sim, name).clone()  # never mutate tensors handed out earlier
+            value[rows] = getattr(fresh, name)
+            setattr(self.sim, name, value)
+        self.requests[mask] = 0
+
+    def _state_info(self, mask: np.ndarray) -> dict[str, Any]:
+        return _with_masks({"group": self.sim.group.numpy().copy(), "day": self.sim.day.numpy().copy()}, mask)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset every user (or only ``options["reset_mask"]``); ``seed`` seeds ``self.np_random``."""
+        super().reset(seed=seed)
+        mask = (options or {}).get("reset_mask")
+        if mask is None:
+            self.sim.reset(_draw_seed(self.np_random))
+            self.requests[:] = 0
+            mask = np.ones(self.num_envs, dtype=np.bool_)
+        else:
+            mask = np.asarray(mask)
+            if mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
+                raise ValueError(f"reset_mask must be a bool array of shape ({self.num_envs},)")
+            self._reset_users(mask)
+        return self._obs(), self._state_info(mask)
+
+    def _step_info(self, r: StepResult) -> dict[str, Any]:
+        everyone = np.ones(self.num_envs, dtype=np.bool_)
+        end = r.session_end.numpy().copy()
+        feedback = r.feedback.double().numpy()
+        info = _with_masks({
+            "session_end": end,
+            "return_day": r.return_day.numpy().copy(),
+            "feedback": {
+                name: feedback[:, i].copy() if i == 0 else np.rint(feedback[:, i]).astype(np.int64)
+                for i, name in enumerate(FEEDBACK_NAMES)
+            },
+            "group": r.group.numpy().copy(),
+            "day": r.day.numpy().copy(),
+        }, everyone)
+        info["return_time"] = r.return_time.double().numpy().copy()
+        info["_return_time"] = end.copy()
+        return info
+
+    def step(
+        self, actions: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        a = np.asarray(actions, dtype=np.float32)
+        if a.shape != self.action_space.shape:
+            raise ValueError(f"actions must have shape {self.action_space.shape}, got {a.shape}")
+        r = self.sim.step(torch.tensor(a))  # raises ValueError on NaN / inf
+        self.requests += 1
+        info = self._step_info(r)
+        end = info["session_end"]
+        rewards = np.where(end, -np.nan_to_num(info["return_time"]), 0.0)
+        terminations = np.zeros(self.num_envs, dtype=np.bool_)
+        truncations = (self.sim.day.numpy() >= self.horizon_days) | (self.requests >= self.max_requests)
+        obs = self._obs()
+        if truncations.any():
+            info["final_info"] = _restrict_masks(info, truncations)
+            info["_final_info"] = truncations.copy()
+            info["final_obs"], info["_final_obs"] = obs, truncations.copy()
+            self._reset_users(truncations)
+            obs = self._obs()
+            state = self._state_info(np.ones(self.num_envs, dtype=np.bool_))
+            for key in ("group", "day"):
+                info[key] = np.where(truncations, state[key], info[key])
+        return obs, rewards, terminations, truncations, info
+
+
+# ----------------------------------------------------------------------------------------------
+def register_envs() -> None:
+    """Register ``rlur/Retention-v0`` (single and vector entry points) with Gymnasium; idempotent."""
+    if ENV_ID in gymnasium.registry:
+        return
+    gymnasium.register(
+        id=ENV_ID,
+        entry_point=f"{__name__}:RetentionGymEnv",
+        vector_entry_point=f"{__name__}:RetentionVectorEnv",
+    )
+
+
+register_envs()

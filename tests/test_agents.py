@@ -1,0 +1,159 @@
+"""Conformance tests applied to every learning agent, plus RLUR-specific invariants."""
+
+import copy
+
+import pytest
+import torch
+
+from rlur.agents.cem import CEMConfig, CEMSearch
+from rlur.agents.rlur import RLURAgent, RLURConfig
+from rlur.agents.td3 import TD3Agent
+from rlur.sim.env import OBS_DIM, RetentionEnv
+from rlur.sim.world import BEHAVIOURS, WorldConfig
+from rlur.training.buffer import Batch, DelayedReturnCollector, ReplayBuffer
+
+K, G = 8, 4
+SMALL = WorldConfig(n_videos=400, n_candidates=40)
+
+
+def random_batch(n: int = 64, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    end = torch.rand(n, generator=g) < 0.3
+    return Batch(
+        obs=torch.randn(n, OBS_DIM, generator=g), action=torch.rand(n, K, generator=g) * 2 - 1,
+        behaviour_mu=torch.zeros(n, K), behaviour_std=torch.full((n, K), 0.3),
+        behaviour_logp=torch.randn(n, generator=g) - 2, feedback=torch.rand(n, 1 + len(BEHAVIOURS), generator=g) * 3,
+        session_end=end, return_time=torch.where(end, torch.rand(n, generator=g) * 5, 0.0),
+        next_obs=torch.randn(n, OBS_DIM, generator=g), group=torch.randint(0, G, (n,), generator=g),
+    )
+
+
+AGENTS = {
+    "rlur": lambda: RLURAgent(OBS_DIM, K, G, RLURConfig(policy_delay=1)),
+    "rlur-naive": lambda: RLURAgent(OBS_DIM, K, G, RLURConfig(
+        policy_delay=1, immediate=False, rnd=False, normalise=False, groups=False, soft_reg=False)),
+    "td3": lambda: TD3Agent(OBS_DIM, K, G),
+}
+
+
+def _params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("name", ["rlur", "rlur-naive"])
+def test_rlur_actor_loss_moves_only_actor_and_critic_loss_only_critics(name):
+    torch.manual_seed(0)
+    agent = AGENTS[name]()
+    batch = random_batch()
+    critics = [agent.critic_t] + ([agent.critic_i] if agent.config.immediate else [])
+    actor_before = _params(agent.actor)
+    critic_before = [_params(c) for c in critics]
+    agent.update_actor(batch)
+    assert _changed(actor_before, agent.actor)
+    assert not any(_changed(b, c) for b, c in zip(critic_before, critics, strict=True))
+
+    agent2 = AGENTS[name]()
+    agent2.config.policy_delay = 10**9  # critic step only
+    actor_before = _params(agent2.actor)
+    critics2 = [agent2.critic_t] + ([agent2.critic_i] if agent2.config.immediate else [])
+    critic_before = [_params(c) for c in critics2]
+    agent2.update(batch, torch.Generator().manual_seed(0))
+    assert not _changed(actor_before, agent2.actor)
+    assert all(_changed(b, c) for b, c in zip(critic_before, critics2, strict=True))
+
+
+def test_td3_critic_step_leaves_actor_alone():
+    torch.manual_seed(0)
+    agent = TD3Agent(OBS_DIM, K, G)
+    before = _params(agent.actor)
+    agent.update(random_batch(), torch.Generator().manual_seed(0))  # updates=1: critic only
+    assert not _changed(before, agent.actor)
+    agent.update(random_batch(seed=1), torch.Generator().manual_seed(0))  # updates=2: actor too
+    assert _changed(before, agent.actor)
+
+
+def test_rnd_reward_never_enters_the_retention_critic():
+    torch.manual_seed(0)
+    batch = random_batch()
+    a = RLURAgent(OBS_DIM, K, G, RLURConfig(rnd=True, normalise=False))
+    r_with, _ = a.retention_reward(batch)
+    b = RLURAgent(OBS_DIM, K, G, RLURConfig(rnd=False, normalise=False))
+    r_without, _ = b.retention_reward(batch)
+    assert torch.equal(r_with, r_without)
+    assert torch.equal(r_with, torch.where(batch.session_end, -batch.return_time, 0.0))
+
+
+def test_grouped_actor_keeps_groups_apart():
+    torch.manual_seed(0)
+    agent = RLURAgent(OBS_DIM, K, G, RLURConfig())
+    batch = random_batch(128)
+    batch.group = torch.zeros(128, dtype=torch.long)  # only group 0 in the batch
+    other = [p.detach().clone() for p in agent.actor.parameters()]
+    agent.update_actor(batch)
+    mu0 = agent.actor.body.nets
+    # Only member 0 of the grouped weights may change.
+    for before, after in zip(other, mu0.parameters(), strict=True):
+        assert torch.equal(before[1:], after.detach()[1:])
+        assert not torch.equal(before[0], after.detach()[0])
+
+
+@pytest.mark.parametrize("name", sorted(AGENTS))
+def test_agent_updates_are_deterministic_and_state_roundtrips(name):
+    def run():
+        torch.manual_seed(3)
+        agent = AGENTS[name]()
+        g = torch.Generator().manual_seed(5)
+        for i in range(4):
+            agent.update(random_batch(seed=i), g)
+        return agent
+
+    a, b = run(), run()
+    for pa, pb in zip(a.actor.parameters(), b.actor.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    c = AGENTS[name]()
+    c.load_state_dict(copy.deepcopy(a.state_dict()))
+    obs = torch.randn(5, OBS_DIM)
+    group = torch.arange(5) % G
+    assert torch.equal(a.policy().act(obs, group), c.policy().act(obs, group))
+
+
+def test_delayed_return_collector_attaches_returns_one_step_later():
+    env = RetentionEnv(SMALL, n_users=16, seed=0)
+    buf = ReplayBuffer(1000, OBS_DIM, K, 1 + len(BEHAVIOURS))
+    col = DelayedReturnCollector(buf)
+    obs = env.observe()
+    returns = []
+    for _ in range(30):
+        served = {"action": torch.zeros(16, K), "mu": torch.zeros(16, K), "std": torch.ones(16, K),
+                  "log_prob": torch.zeros(16)}
+        r = env.step(served["action"])
+        col.stage(obs, served, r)
+        assert buf.size == len(returns) * 16  # the current step is still staged
+        returns.append(torch.nan_to_num(r.return_time))
+        obs = r.obs
+    col.flush()
+    stored = buf.data["return_time"][: buf.size].view(30, 16)
+    assert torch.equal(stored, torch.stack(returns))
+    assert torch.equal(buf.data["session_end"][: buf.size], stored.flatten() > 0)
+
+
+def test_cem_moves_towards_the_better_weighting():
+    # A toy fitness: members whose first weight is high get short returns.
+    search = CEMSearch(K, G, n_users=64, config=CEMConfig(population=8, generation_steps=1, init_std=0.5), seed=0)
+    from rlur.sim.env import StepResult
+
+    for _ in range(15):
+        served = search.serve(torch.zeros(64, OBS_DIM), torch.zeros(64, dtype=torch.long))
+        search.clean[:] = True
+        result = StepResult(
+            obs=torch.zeros(64, OBS_DIM), feedback=torch.zeros(64, 9), session_end=torch.ones(64, dtype=torch.bool),
+            return_day=torch.ones(64, dtype=torch.long), return_time=2.0 - served["action"][:, 0],
+            group=torch.zeros(64, dtype=torch.long), day=torch.zeros(64, dtype=torch.long),
+            shown=torch.zeros(64, 6, dtype=torch.long),
+        )
+        search.observe(None, served, result)
+    assert search.mean[0, 0] > 0.5
