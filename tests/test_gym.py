@@ -260,6 +260,10 @@ def test_vector_per_user_truncation_and_same_step_autoreset(small_world: World) 
             assert info["_final_obs"].tolist() == truncated.tolist() == info["_final_info"].tolist()
             np.testing.assert_array_equal(info["final_obs"][~truncated], obs[~truncated])
             assert info["final_info"]["_session_end"].tolist() == truncated.tolist()
+            assert info["final_info"]["feedback"]["_click"].tolist() == truncated.tolist()
+            for key in ("session_end", "return_day", "feedback"):  # top level: the reset info
+                assert info[f"_{key}"].tolist() == (~truncated).tolist(), key
+            np.testing.assert_array_equal(info["session_end"], info["final_info"]["session_end"])
             # reset users start afresh: day 0, first request of a first session
             assert (info["day"][truncated] == 0).all() and (envs.sim.day.numpy()[truncated] == 0).all()
             assert (envs.sim.n_sessions.numpy()[truncated] == 0).all() and (envs.requests[truncated] == 0).all()

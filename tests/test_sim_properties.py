@@ -188,7 +188,6 @@ def test_shown_are_the_top_candidates_by_fusion_score(world: World, n: int, seed
         assert torch.equal(env.step(action).shown, shown)
 
 
-@pytest.mark.xfail(strict=True, reason="RetentionEnv.rank draws candidates with replacement (reported)")
 @settings(PROPS, max_examples=5, phases=[Phase.generate])
 @given(world_seed=st.integers(0, 3), n=st.integers(32, 64), seed=seeds, plan=action_plans(3, 6))
 def test_shown_videos_are_distinct(world_seed: int, n: int, seed: int, plan) -> None:

@@ -59,8 +59,10 @@ __all__ = ["ServerState", "ServingConfig", "create_app"]
 
 log = logging.getLogger("rlur.serving")
 
-ENDPOINTS = ("/v1/rank", "/v1/rank:batch", "/healthz", "/readyz", "/metrics", "/admin/reload", "/openapi.json",
-             "/docs")
+ENDPOINTS = (
+    "/v1/rank", "/v1/rank:batch", "/healthz", "/readyz", "/metrics", "/admin/reload", "/openapi.json",
+    "/docs",
+)
 MAX_ERRORS = 20
 
 
@@ -121,7 +123,7 @@ class ServerState:
 
     # -- policy --------------------------------------------------------------------------------
     async def reload(self) -> dict[str, Any]:
-        """Load the checkpoint in a worker thread and swap it in; raises (and keeps the old one) on failure."""
+        """Load the checkpoint in a worker thread and swap it in; on failure raise and keep the old one."""
         async with self._reload_lock:
             file = self.config.checkpoint_file
             stamp = _stamp(file)
@@ -173,13 +175,20 @@ class ServerState:
             self.log.close()
 
     # -- serving ---------------------------------------------------------------------------------
-    def finish(self, ranker: Ranker, inputs: Sequence[RankInput], out: RankOutput, endpoint: str) -> list[dict]:
+    def finish(
+        self, ranker: Ranker, inputs: Sequence[RankInput], out: RankOutput, endpoint: str,
+    ) -> list[dict[str, Any]]:
         """Turn the ranker's output into response dicts and queue the log records."""
         b = len(inputs)
-        rids = [r.request_id or uuid.uuid4().hex for r in inputs]
+        if b == 1:
+            rids = [inputs[0].request_id or uuid.uuid4().hex]
+        else:  # one UUID per call, suffixed with the position: unique, and cheaper than B UUIDs
+            base = uuid.uuid4().hex
+            rids = [r.request_id or f"{base}-{i}" for i, r in enumerate(inputs)]
         top = out.top.tolist()
         shown = [[inp.ids[j] for j in t] for inp, t in zip(inputs, top, strict=True)]
-        action, mu, sigma, lp = out.action.tolist(), out.mu.tolist(), out.sigma.tolist(), out.log_prob.tolist()
+        action, mu, sigma = out.action.tolist(), out.mu.tolist(), out.sigma.tolist()
+        lp = out.log_prob.tolist()
         version = ranker.version
         results = [
             {"request_id": rids[i], "top_ids": shown[i], "action": action[i], "mu": mu[i], "sigma": sigma[i],
@@ -205,11 +214,11 @@ class ServerState:
             "rlur_policy_loaded": ("1 once a policy is loaded.", [({}, 0 if r is None else 1)]),
         }
         if r is not None:
-            g["rlur_policy_info"] = ("The policy being served.", [({"version": r.version, "algo": r.algo}, 1)])
+            g["rlur_policy_info"] = ("The policy served.", [({"version": r.version, "algo": r.algo}, 1)])
         if self.log is not None:
             lg = self.log
             g["rlur_request_log_rows_written"] = ("Request log rows written.", [({}, lg.rows_written)])
-            g["rlur_request_log_pending_rows"] = ("Request log rows queued, not yet written.", [({}, lg.pending)])
+            g["rlur_request_log_pending_rows"] = ("Request log rows queued, unwritten.", [({}, lg.pending)])
             g["rlur_request_log_failed_rows"] = ("Request log rows that failed to write.", [({}, lg.errors)])
         return g
 
@@ -224,7 +233,8 @@ def _invalid(err: ValidationError) -> Response:
         {"type": e["type"], "loc": ["body", *e["loc"]], "msg": e["msg"]} for e in errors[:MAX_ERRORS]
     ]
     if len(errors) > MAX_ERRORS:
-        detail.append({"type": "too_many_errors", "loc": ["body"], "msg": f"{len(errors) - MAX_ERRORS} more errors"})
+        more = f"{len(errors) - MAX_ERRORS} more errors"
+        detail.append({"type": "too_many_errors", "loc": ["body"], "msg": more})
     return _json({"detail": detail}, 422)
 
 
@@ -322,22 +332,31 @@ async def admin_reload(request: Request) -> Response:
 
 
 def _add_routes(app: FastAPI) -> None:
-    app.add_api_route("/healthz", healthz, methods=["GET"], summary="Liveness: the process answers")
-    app.add_api_route("/readyz", readyz, methods=["GET"], summary="Readiness: 200 once a policy is loaded, else 503",
-                      responses={503: {"description": "No policy loaded yet"}})
-    app.add_api_route("/metrics", metrics, methods=["GET"], summary="Prometheus metrics (text format 0.0.4)",
-                      responses={200: {"content": {"text/plain": {}}}})
-    app.add_api_route("/v1/rank", rank, methods=["POST"], summary="Rank one request's candidates",
-                      response_model=RankResponse, openapi_extra=_body_schema("RankRequest"), responses=_ERRORS)
-    app.add_api_route("/v1/rank:batch", rank_batch, methods=["POST"],
-                      summary="Rank many requests with one forward pass", response_model=RankBatchResponse,
-                      openapi_extra=_body_schema("RankBatchRequest"), responses=_ERRORS)
-    app.add_api_route("/admin/reload", admin_reload, methods=["POST"],
-                      summary="Reload the checkpoint and swap the policy atomically", response_model=ReloadResponse,
-                      responses={
-                          403: {"model": MessageResponse, "description": "Missing or wrong X-Admin-Token"},
-                          409: {"model": MessageResponse, "description": "The checkpoint failed to load; old policy kept"},
-                      })
+    get, post = ["GET"], ["POST"]
+    app.add_api_route("/healthz", healthz, methods=get, summary="Liveness: the process answers")
+    app.add_api_route(
+        "/readyz", readyz, methods=get, summary="Readiness: 200 once a policy is loaded, else 503",
+        responses={503: {"description": "No policy loaded yet"}},
+    )
+    app.add_api_route(
+        "/metrics", metrics, methods=get, summary="Prometheus metrics (text format 0.0.4)",
+        responses={200: {"content": {"text/plain": {}}}},
+    )
+    app.add_api_route(
+        "/v1/rank", rank, methods=post, summary="Rank one request's candidates", response_model=RankResponse,
+        openapi_extra=_body_schema("RankRequest"), responses=_ERRORS,
+    )
+    app.add_api_route(
+        "/v1/rank:batch", rank_batch, methods=post, summary="Rank many requests with one forward pass",
+        response_model=RankBatchResponse, openapi_extra=_body_schema("RankBatchRequest"), responses=_ERRORS,
+    )
+    app.add_api_route(
+        "/admin/reload", admin_reload, methods=post, summary="Reload the checkpoint and swap the policy",
+        response_model=ReloadResponse, responses={
+            403: {"model": MessageResponse, "description": "Missing or wrong X-Admin-Token"},
+            409: {"model": MessageResponse, "description": "The checkpoint failed to load; old policy kept"},
+        },
+    )
 
 
 def create_app(config: ServingConfig) -> FastAPI:

@@ -85,7 +85,8 @@ class Metrics:
             for upper, n in zip((*LATENCY_BUCKETS, float("inf")), h[:-1], strict=True):
                 cum += n
                 le = "+Inf" if upper == float("inf") else repr(upper)
-                out.append(f"rlur_http_request_duration_seconds_bucket{_labels(endpoint=ep, le=le)} {int(cum)}")
+                lab = _labels(endpoint=ep, le=le)
+                out.append(f"rlur_http_request_duration_seconds_bucket{lab} {int(cum)}")
             out.append(f"rlur_http_request_duration_seconds_sum{_labels(endpoint=ep)} {h[-1]!r}")
             out.append(f"rlur_http_request_duration_seconds_count{_labels(endpoint=ep)} {int(cum)}")
         for name, help_, kind, value in (
@@ -108,7 +109,9 @@ class MetricsMiddleware:
         self.app = app
         self.metrics = metrics
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any],
+    ) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

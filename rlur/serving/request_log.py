@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic_core import to_json
 
 from rlur.serving.schemas import SLATE_SIZE
 from rlur.sim.env import OBS_DIM
@@ -99,8 +100,8 @@ class LogBatch:
                 self.request_ids[i], self.ts, self.policy_version, self.endpoint, self.user_ids[i],
                 GROUPS[self.groups[i]], state[i].tobytes(), action[i].tobytes(), mu[i].tobytes(),
                 sigma[i].tobytes(), float(self.log_prob[i]), int(self.deterministic[i]), self.seeds[i],
-                json.dumps(self.shown_ids[i]), pos[i].tobytes(), self.n_candidates[i],
-                None if cands is None else json.dumps(cands[i]),
+                to_json(self.shown_ids[i]).decode(), pos[i].tobytes(), self.n_candidates[i],
+                None if cands is None else to_json(cands[i]).decode(),
             )
             for i in range(len(self))
         ]
@@ -140,10 +141,12 @@ class _SqliteSink(_Sink):
         self.db.execute("PRAGMA synchronous=NORMAL")
         with self.db:
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            self.db.execute(f"CREATE TABLE IF NOT EXISTS requests ({', '.join(f'{c} {t}' for c, t in LOG_COLUMNS)})")
+            columns = ", ".join(f"{c} {t}" for c, t in LOG_COLUMNS)
+            self.db.execute(f"CREATE TABLE IF NOT EXISTS requests ({columns})")
             meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
             if meta and meta.get("schema_version") != str(SCHEMA_VERSION):
-                raise ValueError(f"{path}: request log schema {meta.get('schema_version')} != {SCHEMA_VERSION}")
+                found = meta.get("schema_version")
+                raise ValueError(f"{path}: request log schema {found}, this server writes {SCHEMA_VERSION}")
             cols = [r[1] for r in self.db.execute("PRAGMA table_info(requests)").fetchall()]
             if tuple(cols) != _NAMES:
                 raise ValueError(f"{path}: the 'requests' table has columns {cols}, expected {list(_NAMES)}")
@@ -320,7 +323,7 @@ def _read_sqlite(p: Path) -> dict[str, list[Any]]:
         ("state", OBS_DIM, "<f4"), ("action", k, "<f4"), ("mu", k, "<f4"), ("sigma", k, "<f4"),
         ("shown_pos", SLATE_SIZE, "<i4"),
     ):
-        out[name] = np.frombuffer(b"".join(cols[name]), dtype=dtype).reshape(len(rows), width)
+        out[name] = np.frombuffer(b"".join(cols[name]), dtype=dtype).reshape(len(rows), width).copy()
     return out
 
 
@@ -334,14 +337,15 @@ def _read_jsonl(p: Path) -> dict[str, list[Any]]:
                 except json.JSONDecodeError:
                     raise ValueError(f"{p}:{n}: not a JSON record") from None
     keys = (
-        "request_id", "ts", "policy_version", "endpoint", "user_id", "group", "state", "action", "mu", "sigma",
-        "log_prob", "deterministic", "seed", "shown_ids", "shown_pos", "n_candidates",
+        "request_id", "ts", "policy_version", "endpoint", "user_id", "group", "state", "action", "mu",
+        "sigma", "log_prob", "deterministic", "seed", "shown_ids", "shown_pos", "n_candidates",
     )
     out: dict[str, Any] = {key: [r[key] for r in recs] for key in keys}
     out["candidate_ids"] = [r.get("candidate_ids") for r in recs]
     k = len(SCORE_NAMES)
-    for name, width in (("state", OBS_DIM), ("action", k), ("mu", k), ("sigma", k), ("shown_pos", SLATE_SIZE)):
-        out[name] = np.asarray(out[name], dtype=np.float32 if name != "shown_pos" else np.int64).reshape(-1, width)
+    for name, width in (("state", OBS_DIM), ("action", k), ("mu", k), ("sigma", k)):
+        out[name] = np.asarray(out[name], dtype=np.float32).reshape(-1, width)
+    out["shown_pos"] = np.asarray(out["shown_pos"], dtype=np.int64).reshape(-1, SLATE_SIZE)
     return out
 
 

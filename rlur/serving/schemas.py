@@ -7,8 +7,9 @@ validated by the same model (so ``/v1/rank`` and ``/v1/rank:batch`` accept exact
   the k values in ``SCORE_NAMES`` order): readable, but one object per candidate is the slowest form;
 * ``candidate_ids`` + ``scores``: the ids, and a ``C × k`` nested list of values in ``SCORE_NAMES``
   order (columnar: no per-candidate object);
-* ``candidate_ids`` + ``scores_b64``: the ``C × k`` values as base64 of little-endian float32 in
-  row-major order (no float parsing at all; the fast path for high-throughput callers).
+* ``candidate_ids`` + ``scores_hex``: the ``C × k`` values as hex of little-endian float32 in
+  row-major order (no float parsing at all; the fast path for high-throughput callers). Hex, not
+  base64: CPython 3.11 decodes hex about 3× faster (``bytes.fromhex`` vs ``base64.b64decode``).
 
 Numeric checks (finite, bounded, shapes) run on numpy arrays, never per candidate in Python; the
 validated arrays are kept on the model and handed to the ranker through :meth:`RankRequest.to_input`.
@@ -18,8 +19,6 @@ Limits that a server configures (``max_candidates``, ``max_batch``) come in the 
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -29,7 +28,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    PrivateAttr,
     Tag,
     ValidationInfo,
     field_validator,
@@ -98,8 +96,8 @@ def _check_ids(ids: list[Any], name: str, info: ValidationInfo) -> None:
 
 def _check_scores(arr: np.ndarray, name: str) -> np.ndarray:
     """``arr`` (C, k) float32: finite and ``|x| ≤ MAX_ABS_SCORE``."""
-    bad = ~(np.abs(arr) <= MAX_ABS_SCORE)  # also catches NaN
-    if bad.any():
+    if arr.size and not (arr.min() >= -MAX_ABS_SCORE and arr.max() <= MAX_ABS_SCORE):  # NaN fails too
+        bad = ~(np.abs(arr) <= MAX_ABS_SCORE)
         row, col = (int(v) for v in np.argwhere(bad)[0])
         raise ValueError(
             f"{name}[{row}] ({SCORE_NAMES[col]}) must be finite with magnitude at most {MAX_ABS_SCORE:g}"
@@ -163,8 +161,9 @@ class RankInput:
 class RankRequest(BaseModel):
     """One ranking request: the user's state and group, and the candidates to rank.
 
-    After validation ``scores`` / ``scores_b64`` hold the decoded ``(C, k)`` float32 array (their JSON
-    schema is the wire format); :meth:`to_input` hands the arrays to the ranker.
+    After validation the model holds arrays, whatever the wire form: ``state`` is a ``(OBS_DIM,)``
+    float32 array, ``candidate_ids`` the id list and ``scores`` the ``(C, k)`` float32 array (also for
+    the ``candidates`` and ``scores_hex`` forms). :meth:`to_input` hands them to the ranker.
     """
 
     model_config = ConfigDict(
@@ -180,14 +179,15 @@ class RankRequest(BaseModel):
     )
     group: GroupName = Field(description=f"the user's activity group, one of {list(GROUPS)}")
     candidates: list[Candidate] | None = Field(
-        None, description="candidates as objects (give this, or candidate_ids with scores or scores_b64)",
+        None, description="candidates as objects (give this, or candidate_ids with scores or scores_hex)",
     )
     candidate_ids: list[CandidateId] | None = Field(None, description="candidate ids (columnar forms)")
     scores: list[ScoreRow] | None = Field(
         None, description=f"C × {K} scores in SCORE_NAMES order, one row per candidate_ids entry",
     )
-    scores_b64: str | None = Field(
-        None, description=f"C × {K} scores as base64 of little-endian float32, row-major, SCORE_NAMES order",
+    scores_hex: str | None = Field(
+        None, description=f"C × {K} scores as hex of little-endian float32, row-major, SCORE_NAMES order "
+        "(numpy: scores.astype('<f4').tobytes().hex())",
     )
     deterministic: bool = Field(False, description="serve a = μ instead of sampling a ~ N(μ, σ)")
     user_id: UserId | None = Field(None, description="opaque user id, written to the request log")
@@ -198,17 +198,14 @@ class RankRequest(BaseModel):
         None, description="client-chosen request id (default: a server-generated UUID)",
     )
 
-    _state: np.ndarray = PrivateAttr()
-    _ids: list[Any] = PrivateAttr()
-    _scores: np.ndarray = PrivateAttr()
-
     @field_validator("state")
     @classmethod
-    def _state_bounded(cls, v: list[float]) -> list[float]:
-        if max(map(abs, v)) > MAX_ABS_STATE:
-            i = next(i for i, x in enumerate(v) if abs(x) > MAX_ABS_STATE)
+    def _state_array(cls, v: list[float]) -> np.ndarray:
+        arr = np.asarray(v, dtype=np.float32)
+        if not (arr.min() >= -MAX_ABS_STATE and arr.max() <= MAX_ABS_STATE):
+            i = int(np.flatnonzero(~(np.abs(arr) <= MAX_ABS_STATE))[0])
             raise ValueError(f"state[{i}] has magnitude above {MAX_ABS_STATE:g}")
-        return v
+        return arr
 
     @field_validator("candidates")
     @classmethod
@@ -227,49 +224,47 @@ class RankRequest(BaseModel):
     @field_validator("scores")
     @classmethod
     def _scores_array(cls, v: list[list[float]] | None) -> np.ndarray | None:
-        # After validation the field holds the (C, k) float32 array (the JSON schema stays a list).
         return None if v is None else _check_scores(_to_f32(v).reshape(-1, K), "scores")
 
-    @field_validator("scores_b64")
+    @field_validator("scores_hex")
     @classmethod
-    def _b64_array(cls, v: str | None) -> np.ndarray | None:
-        # After validation the field holds the decoded (C, k) float32 array.
+    def _hex_array(cls, v: str | None) -> np.ndarray | None:
         if v is None:
             return v
         try:
-            raw = base64.b64decode(v, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("scores_b64 is not valid base64") from None
+            raw = bytes.fromhex(v)
+        except ValueError:
+            raise ValueError("scores_hex is not a hexadecimal string") from None
         if len(raw) % (4 * K):
-            raise ValueError(f"scores_b64 must decode to a multiple of {4 * K} bytes (rows of {K} float32)")
-        return _check_scores(np.frombuffer(raw, dtype="<f4").reshape(-1, K).astype(np.float32), "scores_b64")
+            raise ValueError(f"scores_hex must hold a multiple of {4 * K} bytes (rows of {K} float32)")
+        return _check_scores(np.frombuffer(raw, dtype="<f4").reshape(-1, K).astype(np.float32), "scores_hex")
 
     @model_validator(mode="after")
     def _arrays(self) -> RankRequest:
+        d = self.__dict__  # plain writes: the values are validated already
         if (self.candidates is not None) == (self.candidate_ids is not None):
-            raise ValueError("give either 'candidates', or 'candidate_ids' with 'scores' or 'scores_b64'")
+            raise ValueError("give either 'candidates', or 'candidate_ids' with 'scores' or 'scores_hex'")
         if self.candidates is not None:
-            if self.scores is not None or self.scores_b64 is not None:
-                raise ValueError("'scores'/'scores_b64' go with 'candidate_ids', not with 'candidates'")
-            self._ids = [c.id for c in self.candidates]
-            self._scores = _check_scores(_to_f32([c.row() for c in self.candidates]), "candidates")
-        else:
-            if (self.scores is None) == (self.scores_b64 is None):
-                raise ValueError("'candidate_ids' needs exactly one of 'scores' or 'scores_b64'")
-            name = "scores" if self.scores is not None else "scores_b64"
-            scores: np.ndarray = getattr(self, name)
-            self._ids = self.candidate_ids  # type: ignore[assignment]
-            if scores.shape[0] != len(self._ids):
-                raise ValueError(f"'{name}' has {scores.shape[0]} rows but 'candidate_ids' has {len(self._ids)}")
-            self._scores = scores
-        self._state = np.asarray(self.state, dtype=np.float32)
+            if self.scores is not None or self.scores_hex is not None:
+                raise ValueError("'scores'/'scores_hex' go with 'candidate_ids', not with 'candidates'")
+            d["candidate_ids"] = [c.id for c in self.candidates]
+            d["scores"] = _check_scores(_to_f32([c.row() for c in self.candidates]), "candidates")
+            return self
+        if (self.scores is None) == (self.scores_hex is None):
+            raise ValueError("'candidate_ids' needs exactly one of 'scores' or 'scores_hex'")
+        name = "scores" if self.scores is not None else "scores_hex"
+        scores: np.ndarray = d[name]
+        if scores.shape[0] != len(self.candidate_ids):  # type: ignore[arg-type]
+            n = len(self.candidate_ids)  # type: ignore[arg-type]
+            raise ValueError(f"'{name}' has {scores.shape[0]} rows but 'candidate_ids' has {n}")
+        d["scores"] = scores
         return self
 
     def to_input(self) -> RankInput:
         """The validated request as arrays."""
         return RankInput(
-            state=self._state, group=GROUPS.index(self.group), ids=self._ids, scores=self._scores,
-            deterministic=self.deterministic, seed=self.seed, user_id=self.user_id, request_id=self.request_id,
+            self.state, GROUPS.index(self.group), self.candidate_ids, self.scores,  # type: ignore[arg-type]
+            self.deterministic, self.seed, self.user_id, self.request_id,
         )
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from rlur.sim.ranking import action_to_weights
-from rlur.sim.world import BEHAVIOURS, GROUPS, SCORE_NAMES, World, WorldConfig
+from rlur.sim.world import BEHAVIOURS, GROUPS, SATIATION, SCORE_NAMES, World, WorldConfig
 
 __all__ = ["OBS_DIM", "OBS_FIELDS", "RetentionEnv", "StepResult", "env_state_dict", "load_env_state_dict"]
 
@@ -105,7 +105,7 @@ class RetentionEnv:
             self.seed = seed
         b = self.n_users
         users = self.world.sample_users(b, self.seed)
-        self.rng = torch.Generator().manual_seed(int(self.seed) * 2654435761 % (2**63) + 1)
+        self.rng = torch.Generator().manual_seed((int(self.seed) * 2654435761 + 1) % (2**63))
         self.group = users["group"]
         self.interest = users["interest"]
         self.propensity = users["propensity"]
@@ -175,7 +175,11 @@ class RetentionEnv:
         c = self.config
         b = self.n_users
         weights = action_to_weights(action, c.weight_max) * self._score_ref_inv  # (B, k)
-        cand = torch.randint(0, c.n_videos, (b, c.n_candidates), generator=self.rng)
+        # Candidate stage: each user gets C *distinct* videos, a random window of a catalogue
+        # permutation drawn afresh every step (cheaper than sampling C of N per user).
+        perm = torch.randperm(c.n_videos, generator=self.rng)
+        windows = torch.cat((perm, perm[: c.n_candidates - 1])).unfold(0, c.n_candidates, 1)  # (N, C)
+        cand = windows.index_select(0, torch.randint(0, c.n_videos, (b,), generator=self.rng))
         top = torch.empty(b, c.slate_size, dtype=torch.long)
         topic = self.world.video_topic
         for s in range(0, b, self.chunk_size):
@@ -202,7 +206,7 @@ class RetentionEnv:
         feedback = torch.cat((watch.sum(1, keepdim=True), responses.sum(1)), dim=1)
         return StepResult(
             obs=self.observe(), feedback=feedback, session_end=session_end, return_day=return_day,
-            return_time=return_time, group=self.group, day=day, shown=shown,
+            return_time=return_time, group=self.group.clone(), day=day, shown=shown,
         )
 
     # --- immediate feedback module ------------------------------------------------------------
@@ -212,9 +216,14 @@ class RetentionEnv:
         topic = w.video_topic[shown]
         aff = self.interest.gather(1, topic)
         repetition = (self.recent_topic.gather(1, topic) * 0.3).clamp(max=1.0)  # recent share
+        g = self.group
+        # Effective affinity: the user's interest in the topic minus its satiation this session.
+        eff_aff = aff * w.group_affinity_mult[g][:, None] - SATIATION * repetition
         logit = (
-            w.video_base_logit[shown]
-            + aff.unsqueeze(-1) * w.coef_affinity
+            w.video_base_logit[shown]  # population-average response (what the predictors learned)
+            + eff_aff.unsqueeze(-1) * w.coef_affinity
+            + ((w.group_quality_mult[g] - 1)[:, None] * w.video_quality[shown]).unsqueeze(-1) * w.coef_quality
+            + ((w.group_bait_mult[g] - 1)[:, None] * w.video_bait[shown]).unsqueeze(-1) * w.coef_bait
             + self.propensity.unsqueeze(1)
             + self.fatigue[:, None, None] * w.coef_fatigue
             + repetition.unsqueeze(-1) * w.coef_repeat

@@ -264,8 +264,10 @@ class RetentionVectorEnv(VectorEnv):
     user was truncated) holds the observation reached before the reset (identical to the returned
     one for users not reset); ``info["final_info"]`` holds the step's info for the reset users, and
     ``info["_final_obs"]`` / ``info["_final_info"]`` mark them. As with ``SyncVectorEnv`` in this
-    mode, the top-level ``group`` and ``day`` of a reset user are those of the new user (its reset
-    info). ``reset(options={"reset_mask": mask})`` replaces only the masked users.
+    mode, a reset user's top-level info is its reset info: ``group`` and ``day`` describe the new
+    user, and the masks of the step keys (``_session_end``, ``_return_day``, ``_return_time``,
+    ``_feedback``) are False for it, although the arrays keep the transition's values. The reward
+    is the transition's. ``reset(options={"reset_mask": mask})`` replaces only the masked users.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -371,9 +373,15 @@ class RetentionVectorEnv(VectorEnv):
             info["final_obs"], info["_final_obs"] = obs, truncations.copy()
             self._reset_users(truncations)
             obs = self._obs()
-            state = self._state_info(np.ones(self.num_envs, dtype=np.bool_))
-            for key in ("group", "day"):
-                info[key] = np.where(truncations, state[key], info[key])
+            # As in SyncVectorEnv: a reset user's top-level info is its reset info (group, day); its
+            # step keys keep the transition's values but are masked out (they live in final_info).
+            kept = ~truncations
+            for key in ("session_end", "return_day", "return_time", "feedback"):
+                if isinstance(info[key], dict):
+                    info[key] = _restrict_masks(info[key], kept)
+                info[f"_{key}"] = info[f"_{key}"] & kept
+            info["group"] = np.where(truncations, self.sim.group.numpy(), info["group"])
+            info["day"] = np.where(truncations, self.sim.day.numpy(), info["day"])
         return obs, rewards, terminations, truncations, info
 
 

@@ -144,14 +144,14 @@ class WorldConfig:
 # Response model coefficients. Rows follow BEHAVIOURS; these are structural (not calibrated).
 # ----------------------------------------------------------------------------------------------
 #                       click  long  like  follow comment fwd  profile hate
-_COEF_QUALITY = (0.2, 0.9, 1.0, 0.3, 0.3, 0.4, 0.2, -0.5)
+_COEF_QUALITY = (0.1, 0.9, 1.6, 0.2, 0.6, 0.8, 0.1, -0.5)
 _COEF_BAIT = (1.4, -1.6, -1.0, -0.5, 0.0, -0.5, 0.3, 2.4)
-_COEF_SHARE = (0.0, 0.0, 0.4, 0.0, 0.9, 1.3, 0.0, 0.0)
+_COEF_SHARE = (0.0, 0.0, 0.3, 0.0, 0.9, 1.3, 0.0, 0.0)
 _COEF_DURATION = (-0.2, -0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-_COEF_AFFINITY = (0.9, 0.9, 0.6, 1.5, 0.4, 0.2, 1.2, -0.8)
+_COEF_AFFINITY = (1.2, 0.9, 0.3, 1.6, 0.3, 0.1, 1.4, -0.8)
 # State terms the point-wise models do not see (so predictions are biased where it matters).
 _COEF_FATIGUE = (-0.35, -0.45, -0.2, -0.2, -0.2, -0.2, -0.2, 0.5)
-_COEF_REPEAT = (-0.8, -1.2, -0.4, -0.4, -0.4, -0.4, -0.4, 2.0)
+_COEF_REPEAT = (-0.3, -0.5, -0.2, -0.2, -0.2, -0.2, -0.2, 2.0)
 
 # Per-group value of each response for the user's satisfaction (signed). Rows: high, middle, low,
 # new. Columns: watch fraction, then BEHAVIOURS, then click-bait clicks and the duration (z-score)
@@ -163,7 +163,17 @@ _SAT_COEF = (
     (0.2, 0.0, 0.9, 3.0, 3.0, 2.0, 3.0, 0.5, -8.0, -1.6, -0.6),  # low: punish click-bait and hate
     (0.6, 0.0, 0.5, 2.0, 8.0, 2.0, 2.0, 1.5, -6.0, -0.8, -0.4),  # new: won over by follows
 )
-# Sensitivity of fatigue to topic repetition, per group (heavy users tire fastest of repetition).
+# How each group's *true* responses weigh topic affinity, video quality and click-bait, relative to
+# the population-average response the point-wise predictors learned (rows: high, middle, low, new).
+# Heavy users follow their topics; casual and new users are won by quality and punish click-bait.
+# So which predicted score is the better proxy of a good video depends on the user's group.
+_GROUP_AFFINITY_MULT = (1.3, 1.0, 0.4, 0.6)
+_GROUP_QUALITY_MULT = (0.6, 1.0, 1.6, 1.2)
+_GROUP_BAIT_MULT = (0.8, 1.0, 1.6, 1.3)
+# Satiation: a topic's effective affinity drops by this much per unit of its recent share of the
+# shown videos (the predictors do not see it, so late in a session affinity-driven scores mislead).
+SATIATION = 2.5
+# Sensitivity of fatigue, per group (heavy users tire fastest of repetition).
 _REPEAT_FATIGUE = (1.6, 1.0, 0.6, 0.8)
 # Baseline return propensity (hazard logit offset) and habit level per group.
 _GROUP_RETURN = (0.55, 0.0, -0.7, -0.4)
@@ -185,7 +195,7 @@ class World:
         self.config = config or WorldConfig()
         self.config.validate()
         c = self.config
-        g = torch.Generator().manual_seed(int(c.world_seed) * 7919 + 17)
+        g = torch.Generator().manual_seed((int(c.world_seed) * 7919 + 17) % (2**63))
         n = c.n_videos
         # Topic popularity is skewed (a few big topics), like KuaiRand's tag distribution.
         pop = torch.rand(c.n_topics, generator=g) ** 2 + 0.05
@@ -207,6 +217,11 @@ class World:
         self.group_return = coef(_GROUP_RETURN)
         self.group_habit = coef(_GROUP_HABIT)
         self.group_reopen = coef(_GROUP_REOPEN)
+        self.group_affinity_mult = coef(_GROUP_AFFINITY_MULT)
+        self.group_quality_mult = coef(_GROUP_QUALITY_MULT)
+        self.group_bait_mult = coef(_GROUP_BAIT_MULT)
+        self.coef_quality = coef(_COEF_QUALITY)
+        self.coef_bait = coef(_COEF_BAIT)
 
         self.video_base_logit = (
             coef(c.behaviour_bias)
@@ -277,7 +292,7 @@ class World:
         if n <= 0:
             raise ValueError(f"number of users must be positive, got {n}")
         c = self.config
-        g = torch.Generator().manual_seed(int(seed) * 104729 + int(c.world_seed) * 31 + 5)
+        g = torch.Generator().manual_seed((int(seed) * 104729 + int(c.world_seed) * 31 + 5) % (2**63))
         mix = torch.tensor(c.group_mix, dtype=torch.float64)
         group = torch.multinomial(mix / mix.sum(), n, replacement=True, generator=g)
         # Interests: a weak background plus 2–3 core topics the user loves.

@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for flag in ABLATIONS:
         p.add_argument(f"--no-{flag}", action="store_true", help=f"RLUR ablation: switch off {flag}")
     p.add_argument("--eval-every", type=positive_int, default=None, help="steps between evaluations")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--eval-users", type=positive_int, default=None)
     p.add_argument("--eval-days", type=positive_int, default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -70,7 +71,7 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
     if args.steps is not None:
         base["steps"] = args.steps
     for name, key in (("users", "n_users"), ("eval_every", "eval_every"), ("eval_users", "eval_users"),
-                      ("eval_days", "eval_days")):
+                      ("eval_days", "eval_days"), ("checkpoint_every", "checkpoint_every")):
         if getattr(args, name) is not None:
             base[key] = getattr(args, name)
     try:

@@ -1,0 +1,123 @@
+"""``rlur serve`` (the ranking API) and ``rlur export`` (TorchScript / ONNX policy files)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from pathlib import Path
+
+from rlur.cli import CliError, check_writable, positive_int
+
+__all__ = ["register", "run_export", "run_serve"]
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 0..65535, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="serve a checkpoint's policy over HTTP (FastAPI + uvicorn)",
+        description="Serve POST /v1/rank and /v1/rank:batch with the policy in DIR/checkpoint.pt, logging "
+        "every served request (state, action, μ, σ, log-prob, shown ids) for training. See docs/serving.md.",
+    )
+    add = p.add_argument
+    add("--checkpoint", required=True, metavar="DIR", help="run directory (or checkpoint.pt file)")
+    add("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    add("--port", type=_port, default=8000, help="TCP port (default: 8000; 0 picks a free one)")
+    add("--log", metavar="PATH",
+        help="request log: SQLite, or JSON Lines if PATH ends in .jsonl (default: DIR/requests.sqlite)")
+    add("--no-log", action="store_true", help="do not write a request log")
+    add("--log-candidates", action="store_true", help="also log every request's candidate ids")
+    add("--watch", action="store_true", help="reload when the checkpoint file changes (polls its mtime)")
+    add("--watch-interval", type=_positive_float, default=2.0, metavar="S",
+        help="seconds between checkpoint polls with --watch (default: 2)")
+    add("--max-candidates", type=positive_int, default=1000, help="most candidates per request (1000)")
+    add("--max-batch", type=positive_int, default=1024, help="most requests per /v1/rank:batch (1024)")
+    add("--admin-token", default=os.environ.get("RLUR_ADMIN_TOKEN"),
+        help="require this X-Admin-Token on POST /admin/reload (default: $RLUR_ADMIN_TOKEN, else none)")
+    add("--seed", type=int, help="seed of the server's action noise for unseeded requests")
+    add("--torch-threads", type=positive_int, default=1,
+        help="torch intra-op threads (default: 1; requests are small, threads only add overhead)")
+    add("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
+        help="server log level (default: warning)")
+    add("--access-log", action="store_true", help="log every HTTP request (slow)")
+    p.set_defaults(func=run_serve)
+
+    e = sub.add_parser(
+        "export", help="export a checkpoint's policy and scorer to TorchScript or ONNX",
+        description="Write a standalone policy (obs, group → mu, sigma) and scorer (scores, action, valid → "
+        "top-6 positions). TorchScript: one file with forward() and rank(). ONNX (needs the 'onnx' extra): "
+        "FILE and FILE's stem + .scorer.onnx. Both also write FILE.meta.json.",
+    )
+    e.add_argument("--checkpoint", required=True, metavar="DIR", help="run directory (or checkpoint.pt file)")
+    e.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="output format")
+    e.add_argument("--out", required=True, metavar="FILE", help="output file")
+    e.set_defaults(func=run_export)
+
+
+def _checkpoint(path: str) -> Path:
+    from rlur.serving.ranker import checkpoint_file
+
+    file = checkpoint_file(path)
+    if not file.exists():
+        raise CliError(f"no checkpoint at {file}")
+    return file
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import torch
+    import uvicorn
+
+    from rlur.serving.app import ServingConfig, create_app
+    from rlur.serving.ranker import Ranker
+
+    _checkpoint(args.checkpoint)
+    Ranker.from_checkpoint(args.checkpoint)  # fail now, with a one-line error, on a bad checkpoint
+    config = ServingConfig(
+        checkpoint=args.checkpoint, log_path=args.log, request_log=not args.no_log,
+        log_candidates=args.log_candidates, max_candidates=args.max_candidates, max_batch=args.max_batch,
+        watch=args.watch, watch_interval=args.watch_interval, admin_token=args.admin_token, seed=args.seed,
+    )
+    log_path = config.resolved_log_path()
+    if log_path is not None:
+        check_writable(log_path)
+    if args.port:
+        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as s:
+            try:
+                s.bind((args.host, args.port))
+            except OSError as err:
+                raise CliError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
+    torch.set_num_threads(args.torch_threads)
+    uvicorn.run(
+        create_app(config), host=args.host, port=args.port, log_level=args.log_level,
+        access_log=args.access_log, timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from rlur.serving.export import export_policy
+
+    _checkpoint(args.checkpoint)
+    out = check_writable(args.out)
+    for f in export_policy(args.checkpoint, args.format, out):
+        print(f"wrote {f}")
+    return 0
