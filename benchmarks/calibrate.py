@@ -16,10 +16,12 @@ import argparse
 import dataclasses
 import math
 
+import torch
+
 from rlur.agents.fixed import make_fixed_policy
 from rlur.evaluation.rollout import rollout
 from rlur.sim.env import RetentionEnv
-from rlur.sim.world import BEHAVIOURS, KUAIRAND_BEHAVIOUR_RATE, KUAIRAND_RETURN_DAY_SHARE, WorldConfig
+from rlur.sim.world import BEHAVIOURS, GROUPS, KUAIRAND_BEHAVIOUR_RATE, KUAIRAND_RETURN_DAY_SHARE, WorldConfig
 
 TARGET_RATES = {**KUAIRAND_BEHAVIOUR_RATE, "profile_enter": 0.008}
 TARGET_DEPTH = 8.0
@@ -45,9 +47,20 @@ def conditional_hazards(share: list[float]) -> tuple[float, float, float]:
 
 def measure(config: WorldConfig, users: int, days: int, seed: int) -> dict:
     env = RetentionEnv(config, n_users=users, seed=seed)
+    sat_sum, sat_n = torch.zeros(len(GROUPS)), torch.zeros(len(GROUPS))
+    respond = env._respond
+
+    def spy(shown):  # record each group's per-request satisfaction on the way
+        out = respond(shown)
+        sat_sum.add_(torch.bincount(env.group, weights=out[2], minlength=len(GROUPS)))
+        sat_n.add_(torch.bincount(env.group, minlength=len(GROUPS)))
+        return out
+
+    env._respond = spy
     rec, _ = rollout(env, make_fixed_policy("uniform"), days=days)
     s = rec.summary(n_boot=0)
     s["reopen_share"] = 1 - s["return_gaps"] / max(s["sessions"], 1)
+    s["sat_by_group"] = (sat_sum / sat_n.clamp(min=1)).tolist()
     return s
 
 
@@ -70,6 +83,7 @@ def main() -> None:
               f"day1={s['day1_retention']['mean']:.3f} TV={tv:.3f} depth={s['session_depth']['mean']:.2f} "
               f"reopen={s['reopen_share']:.3f}")
         print("   rates " + " ".join(f"{k}={v:.5f}" for k, v in s["behaviour_rates"].items()))
+        print("   satisfaction by group " + " ".join(f"{v:.3f}" for v in s["sat_by_group"]))
         d = args.damping
         bias = list(cfg.behaviour_bias)
         for i, name in enumerate(BEHAVIOURS):
@@ -77,13 +91,14 @@ def main() -> None:
         rbias = [b + d * (logit(t) - logit(o)) for b, t, o in zip(cfg.return_day_bias, target_h, obs_h, strict=True)]
         leave = cfg.leave_bias + d * (logit(1 / TARGET_DEPTH) - logit(1 / s["session_depth"]["mean"]))
         reopen = cfg.reopen_bias + d * (logit(TARGET_REOPEN_SHARE) - logit(s["reopen_share"]))
+        sat_ref = [r + (o - r) for r, o in zip(cfg.sat_reference, s["sat_by_group"], strict=True)]
         cfg = dataclasses.replace(
-            cfg, behaviour_bias=tuple(round(b, 3) for b in bias),
+            cfg, behaviour_bias=tuple(round(b, 3) for b in bias), sat_reference=tuple(round(x, 3) for x in sat_ref),
             return_day_bias=tuple(round(b, 3) for b in rbias),
             leave_bias=round(leave, 3), reopen_bias=round(reopen, 3),
         )
     print("\nWorldConfig constants:")
-    for key in ("behaviour_bias", "return_day_bias", "reopen_bias", "leave_bias"):
+    for key in ("behaviour_bias", "return_day_bias", "reopen_bias", "leave_bias", "sat_reference"):
         print(f"    {key} = {getattr(cfg, key)}")
 
 

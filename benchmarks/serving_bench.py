@@ -81,8 +81,10 @@ def http_request(path: str, body: bytes, host: str = "127.0.0.1") -> bytes:
     ).encode() + body
 
 
-def load(port: int, requests: list[bytes], concurrency: int, duration: float, warmup: float = 0.5) -> dict[str, Any]:
-    """Send ``requests`` round-robin from ``concurrency`` threads for ``duration`` s; latencies after warmup."""
+def load(
+    port: int, requests: list[bytes], concurrency: int, duration: float, warmup: float = 0.5,
+) -> dict[str, Any]:
+    """Send ``requests`` round-robin from ``concurrency`` threads for ``duration`` s (after a warmup)."""
     start = time.perf_counter()
     t_measure, t_end = start + warmup, start + warmup + duration
     lat: list[list[float]] = [[] for _ in range(concurrency)]
@@ -147,8 +149,10 @@ def breakdown(n_candidates: int, batch: int) -> dict[str, float]:
         out[f"json.loads_{form}_us"] = timeit(lambda b=body: json.loads(b), 30)
         out[f"pydantic_core.from_json_{form}_us"] = timeit(lambda b=body: pydantic_core.from_json(b), 30)
         out[f"validate_{form}_us"] = timeit(lambda b=body: RankRequest.model_validate_json(b), 30)
-    bb = json.dumps({"requests": [random_request(rng, n_candidates, form="hex") for _ in range(batch)]}).encode()
-    out["validate_batch_hex_us_per_request"] = timeit(lambda: RankBatchRequest.model_validate_json(bb), 5) / batch
+    reqs = [random_request(rng, n_candidates, form="hex") for _ in range(batch)]
+    bb = json.dumps({"requests": reqs}).encode()
+    per_batch = timeit(lambda: RankBatchRequest.model_validate_json(bb), 5)
+    out["validate_batch_hex_us_per_request"] = per_batch / len(reqs)
     with tempfile.TemporaryDirectory() as d:
         write_demo_checkpoint(d)
         ranker = Ranker.from_checkpoint(d)
@@ -159,6 +163,10 @@ def breakdown(n_candidates: int, batch: int) -> dict[str, float]:
     return out
 
 
+def _encode(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -166,8 +174,10 @@ def free_port() -> int:
 
 
 def start_server(checkpoint: Path, port: int, log: Path, extra: list[str] | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "rlur.serving", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
-           "--log", str(log), "--log-level", "error", *(extra or [])]
+    cmd = [
+        sys.executable, "-m", "rlur.serving", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
+        "--log", str(log), "--log-level", "error", *(extra or []),
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -217,7 +227,7 @@ def main() -> int:
             result["rank"] = []
             for form in forms:
                 bodies = [
-                    http_request("/v1/rank", json.dumps(random_request(rng, args.candidates, form=form)).encode())
+                    http_request("/v1/rank", _encode(random_request(rng, args.candidates, form=form)))
                     for _ in range(64)
                 ]
                 for c in levels:
@@ -225,7 +235,8 @@ def main() -> int:
                     r["form"] = form
                     result["rank"].append(r)
                     print(f"/v1/rank       {form:9s} c={c:<3d} {r['throughput_rps']:8.0f} req/s  "
-                          f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}", flush=True)
+                          f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}",
+                          flush=True)
             result["batch"] = []
             for form in forms:
                 batches = [

@@ -18,6 +18,8 @@ __all__ = ["CliError", "check_writable", "main", "non_negative_int", "positive_i
 COMMAND_MODULES = (
     "rlur.sim.commands",
     "rlur.training.commands",
+    "rlur.evaluation.commands",
+    "rlur.serving.commands",
 )
 
 

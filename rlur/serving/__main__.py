@@ -1,18 +1,22 @@
-"""``python -m rlur.serving serve|export …``: the serving commands without going through ``rlur``."""
+"""``python -m rlur.serving serve|export …``: the serving commands, also before ``rlur.cli`` lists them."""
 
 from __future__ import annotations
 
 import sys
 
-from rlur.cli import main
+import rlur.cli
+
+__all__: list[str] = []
 
 
 def _main(argv: list[str] | None = None) -> int:
-    import rlur.cli
-
-    if "rlur.serving.commands" not in rlur.cli.COMMAND_MODULES:
-        rlur.cli.COMMAND_MODULES = (*rlur.cli.COMMAND_MODULES, "rlur.serving.commands")
-    return main(argv)
+    modules = rlur.cli.COMMAND_MODULES
+    if "rlur.serving.commands" not in modules:
+        rlur.cli.COMMAND_MODULES = (*modules, "rlur.serving.commands")
+    try:
+        return rlur.cli.main(argv)
+    finally:
+        rlur.cli.COMMAND_MODULES = modules
 
 
 if __name__ == "__main__":

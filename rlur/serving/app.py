@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pydantic_core
 import torch
 from fastapi import FastAPI, Request
@@ -200,7 +199,7 @@ class ServerState:
             self.log.submit(LogBatch(
                 ts=time.time(), policy_version=version, endpoint=endpoint, request_ids=rids,
                 user_ids=[r.user_id for r in inputs], groups=[r.group for r in inputs],
-                state=np.stack([r.state for r in inputs]), action=out.action, mu=out.mu, sigma=out.sigma,
+                state=out.obs, action=out.action, mu=out.mu, sigma=out.sigma,
                 log_prob=out.log_prob, deterministic=[r.deterministic for r in inputs],
                 seeds=[r.seed for r in inputs], shown_ids=shown, shown_pos=out.top,
                 n_candidates=[len(r.ids) for r in inputs],

@@ -40,6 +40,8 @@ def checkpoint_file(path: str | Path) -> Path:
 class RankOutput:
     """What the ranker served for B requests (numpy, float32 unless stated)."""
 
+    obs: np.ndarray
+    """``(B, OBS_DIM)`` float32 the states served (the actor's input)."""
     action: np.ndarray
     """``(B, k)`` the served actions."""
     mu: np.ndarray
@@ -64,12 +66,14 @@ class Ranker:
     algo: str = ""
     source: str = ""
     score_ref_inv: torch.Tensor = field(init=False, repr=False)
+    _score_ref_inv_np: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.score_ref = torch.as_tensor(self.score_ref, dtype=torch.float32)
         if self.score_ref.shape != (len(SCORE_NAMES),):
             raise ValueError(f"score_ref must have {len(SCORE_NAMES)} entries, got {self.score_ref.numel()}")
         self.score_ref_inv = 1.0 / self.score_ref
+        self._score_ref_inv_np = self.score_ref_inv.numpy()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> Ranker:
@@ -110,43 +114,50 @@ class Ranker:
 
     @torch.no_grad()
     def rank(self, inputs: Sequence[RankInput], generator: torch.Generator | None = None) -> RankOutput:
-        """Serve B validated requests with one forward pass and one batched scoring."""
-        b = len(inputs)
-        obs = torch.from_numpy(np.stack([r.state for r in inputs]))
+        """Serve B validated requests with one forward pass and one batched scoring.
+
+        The actor and the fusion matmul run in torch (bit for bit what ``policy.sample`` and
+        :func:`rlur.sim.ranking.fuse_and_rank` compute); the element-wise steps between them run in
+        numpy on the few ``(B, k)`` values, where a call costs about a microsecond instead of several.
+        """
+        b, k = len(inputs), len(SCORE_NAMES)
+        obs = np.asarray([r.state for r in inputs], dtype=np.float32)
         group = torch.tensor([r.group for r in inputs], dtype=torch.long)
-        mu, std = self.policy.distribution(obs, group)
-        noise = torch.zeros_like(mu)
+        mu_t, std_t = self.policy.distribution(torch.from_numpy(obs), group)
+        mu, std = mu_t.numpy(), std_t.numpy()
+
+        noise = np.zeros((b, k), dtype=np.float32)
         free = [i for i, r in enumerate(inputs) if not r.deterministic and r.seed is None]
         if free:
-            noise[free] = torch.randn((len(free), mu.shape[1]), generator=generator)
+            noise[free] = torch.randn((len(free), k), generator=generator).numpy()
         for i, r in enumerate(inputs):
             if not r.deterministic and r.seed is not None:
                 # The same draw as ``policy.sample(obs[i:i+1], …, generator=manual_seed(seed))``.
-                noise[i] = torch.randn((1, mu.shape[1]), generator=torch.Generator().manual_seed(r.seed))[0]
+                noise[i] = torch.randn((1, k), generator=torch.Generator().manual_seed(r.seed)).numpy()[0]
         action = mu + std * noise
         det = [i for i, r in enumerate(inputs) if r.deterministic]
         if det:
             action[det] = mu[det]
-        log_prob = gaussian_log_prob(action, mu, std)
+        # The project's density function (in torch), so the logged log-prob is exactly policy.sample's.
+        log_prob = gaussian_log_prob(torch.from_numpy(action), mu_t, std_t).numpy()
+        # action_to_weights(a, weight_max) / score_ref, in the same float32 operation order.
+        weights = self.weight_max * (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * self._score_ref_inv_np
 
         sizes = [len(r.ids) for r in inputs]
         c_max = max(sizes)
         if min(sizes) == c_max:
-            scores = torch.from_numpy(np.stack([r.scores for r in inputs]))
-            mask = None
+            scores = np.stack([r.scores for r in inputs])
+            pad = None
         else:
-            padded = np.zeros((b, c_max, len(SCORE_NAMES)), dtype=np.float32)
+            scores = np.zeros((b, c_max, k), dtype=np.float32)
             for i, r in enumerate(inputs):
-                padded[i, : sizes[i]] = r.scores
-            scores = torch.from_numpy(padded)
-            mask = torch.arange(c_max)[None, :] >= torch.tensor(sizes)[:, None]
-        fused = fusion_scores(self.weights(action), scores)
-        if mask is not None:
-            fused.masked_fill_(mask, float("-inf"))
-        top = top_positions(fused)
+                scores[i, : sizes[i]] = r.scores
+            pad = torch.from_numpy(np.arange(c_max)[None, :] >= np.asarray(sizes)[:, None])
+        fused = fusion_scores(torch.from_numpy(weights), torch.from_numpy(scores))
+        if pad is not None:
+            fused.masked_fill_(pad, float("-inf"))
         return RankOutput(
-            action=action.numpy(), mu=mu.numpy(), sigma=std.numpy(), log_prob=log_prob.numpy(),
-            top=top.numpy(),
+            obs=obs, action=action, mu=mu, sigma=std, log_prob=log_prob, top=top_positions(fused).numpy(),
         )
 
 
@@ -158,9 +169,11 @@ def top_positions(fused: torch.Tensor, n: int = SLATE_SIZE) -> torch.Tensor:
     """
     k = min(fused.shape[1], n + 1)
     vals, idx = fused.topk(k, dim=1, sorted=True)
-    tied = (vals[:, 1:] == vals[:, :-1]).any(dim=1).nonzero().squeeze(1)
-    if tied.numel():
-        idx[tied] = torch.sort(fused[tied], dim=1, descending=True, stable=True).indices[:, :k]
+    v = vals.numpy()
+    tied = np.flatnonzero((v[:, 1:] == v[:, :-1]).any(axis=1))
+    if tied.size:
+        rows = torch.from_numpy(tied)
+        idx[rows] = torch.sort(fused[rows], dim=1, descending=True, stable=True).indices[:, :k]
     return idx[:, :n]
 
 

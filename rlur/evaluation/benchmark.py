@@ -1,0 +1,232 @@
+"""``rlur benchmark``: the paper's offline table over several seeds, with ablations and error bars.
+
+Every row is trained with the same budget (batched steps × simulated users) for each seed, in
+parallel worker processes, then evaluated with one protocol on the same held-out users. The table
+reports mean ± 95 % t-interval over seeds and a paired t-test of RLUR against every other row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from rlur.evaluation.stats import mean_ci, paired_test
+from rlur.training.checkpoint import atomic_write_json
+
+__all__ = ["BenchmarkConfig", "ROWS", "run_benchmark"]
+
+#: Row name → (algorithm, RLURConfig overrides). The first five are the paper's rows.
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "cem": ("cem", {}),
+    "td3": ("td3", {}),
+    "rlur-naive-g0": ("rlur-naive", {"gamma": 0.0}),
+    "rlur-naive-g0.9": ("rlur-naive", {"gamma": 0.9}),
+    "rlur": ("rlur", {}),
+    "rlur-no-normalise": ("rlur", {"normalise": False}),
+    "rlur-no-rnd": ("rlur", {"rnd": False}),
+    "rlur-no-immediate": ("rlur", {"immediate": False, "rnd": False}),
+    "rlur-no-groups": ("rlur", {"groups": False}),
+    "rlur-no-soft-reg": ("rlur", {"soft_reg": False}),
+}
+PAPER = {  # Cai et al. 2023, Table 1 (offline simulator on KuaiRand): returning time, day-1 retention
+    "cem": (2.036, 0.587), "td3": (2.009, 0.592), "rlur-naive-g0": (2.001, 0.596),
+    "rlur-naive-g0.9": (1.961, 0.601), "rlur": (1.892, 0.618),
+}
+METRICS = ("avg_return_day", "day1_retention", "watch_time_per_request", "session_depth")
+LOWER_IS_BETTER = {"avg_return_day": True, "day1_retention": False, "watch_time_per_request": False,
+                   "session_depth": False}
+
+
+@dataclass
+class BenchmarkConfig:
+    seeds: int = 5
+    world_seed: int = 0
+    rows: tuple[str, ...] = tuple(ROWS)
+    steps: int = 2000
+    """Batched steps per run (the same for every row)."""
+    n_users: int = 512
+    """Simulated users per training step (the same for every row)."""
+    eval_every: int = 200
+    curve_eval_users: int = 512
+    curve_eval_days: int = 5
+    eval_users: int = 4096
+    """Held-out users of the final evaluation (the same users for every run)."""
+    eval_days: int = 14
+    eval_seed: int = 7_000_001
+    workers: int = 0
+    """Worker processes (0: the number of CPU cores)."""
+
+    @classmethod
+    def quick(cls, **kw: Any) -> BenchmarkConfig:
+        """A cut-down run for trying it out (and for CI): 2 seeds, tiny budgets."""
+        base = dict(seeds=2, steps=60, n_users=96, eval_every=20, curve_eval_users=96, curve_eval_days=2,
+                    eval_users=256, eval_days=4)
+        base.update(kw)
+        return cls(**base)
+
+
+def _train_one(row: str, seed: int, cfg: BenchmarkConfig, out: str) -> dict[str, Any]:
+    """Worker: train one (row, seed) and evaluate it on the benchmark's held-out users."""
+    import torch
+
+    from rlur.sim.world import World, WorldConfig
+    from rlur.training.loop import TrainConfig, Trainer, evaluate_policy
+
+    torch.set_num_threads(1)
+    algo, overrides = ROWS[row]
+    tc = TrainConfig(algo=algo, steps=cfg.steps, seed=seed, world_seed=cfg.world_seed, n_users=cfg.n_users,
+                     eval_every=cfg.eval_every, eval_users=cfg.curve_eval_users, eval_days=cfg.curve_eval_days,
+                     checkpoint_every=max(cfg.steps // 4, 1))
+    rl = tc.rlur
+    if algo == "rlur-naive":
+        rl = dataclasses.replace(rl, immediate=False, rnd=False, normalise=False, groups=False, soft_reg=False)
+    tc.rlur = dataclasses.replace(rl, **overrides)
+    run_dir = Path(out) / "runs" / row / f"seed{seed}"
+    trainer = Trainer(tc, run_dir, progress=False)
+    if not trainer.resume() or trainer.step < tc.steps or not (run_dir / "eval.json").exists():
+        trainer.train()
+    final = evaluate_policy(trainer.learner.policy(), World(WorldConfig(world_seed=cfg.world_seed)),
+                            cfg.eval_users, cfg.eval_days, cfg.eval_seed)
+    return {
+        "row": row, "seed": seed,
+        "metrics": {m: final[m]["mean"] for m in METRICS},
+        "curve": trainer.curve,
+    }
+
+
+def _converged(curve_means: list[float], curve_ci: list[float]) -> bool:
+    """Flat over the last fifth: the change across it is within the noise of the curve."""
+    n = len(curve_means)
+    if n < 5:
+        return False
+    tail = curve_means[-max(2, math.ceil(n / 5)) - 1:]
+    noise = max(max(curve_ci[-len(tail):]), 1e-9)
+    return abs(tail[-1] - tail[0]) <= noise
+
+
+def summarise(per_seed: dict[str, list[dict]], cfg: BenchmarkConfig) -> dict[str, Any]:
+    """Mean ± CI per row and metric, paired tests of RLUR against every row, convergence flags."""
+    summary: dict[str, Any] = {}
+    for row, runs in per_seed.items():
+        runs = sorted(runs, key=lambda r: r["seed"])
+        summary[row] = {m: mean_ci([r["metrics"][m] for r in runs]) for m in METRICS}
+        steps = [p["step"] for p in runs[0]["curve"]]
+        curve = [mean_ci([r["curve"][i]["avg_return_day"] for r in runs]) for i in range(len(steps))]
+        half = [0.0 if math.isnan(c["ci_high"]) else (c["ci_high"] - c["ci_low"]) / 2 for c in curve]
+        summary[row]["curve"] = {"step": steps, "avg_return_day": [c["mean"] for c in curve], "ci_half": half}
+        summary[row]["converged"] = _converged([c["mean"] for c in curve], half)
+    paired: dict[str, Any] = {}
+    if "rlur" in per_seed:
+        base = sorted(per_seed["rlur"], key=lambda r: r["seed"])
+        for row, runs in per_seed.items():
+            if row == "rlur":
+                continue
+            runs = sorted(runs, key=lambda r: r["seed"])
+            paired[row] = {m: paired_test([r["metrics"][m] for r in base], [r["metrics"][m] for r in runs])
+                           for m in METRICS}
+    return {"summary": summary, "paired_vs_rlur": paired}
+
+
+def _fmt(ci: dict) -> str:
+    if math.isnan(ci["ci_low"]):
+        return f"{ci['mean']:.3f}"
+    return f"{ci['mean']:.3f} ± {(ci['ci_high'] - ci['ci_low']) / 2:.3f}"
+
+
+def results_markdown(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    lines = [
+        "# rlur benchmark",
+        "",
+        f"World seed {cfg['world_seed']}, {cfg['seeds']} training seeds per row, {cfg['steps']} batched steps × "
+        f"{cfg['n_users']} simulated users per run; final evaluation on {cfg['eval_users']} held-out users over "
+        f"{cfg['eval_days']} days. Mean ± 95 % t-interval over seeds; paired t-test of RLUR against each row.",
+        "",
+        "| row | avg return day ↓ | day-1 retention ↑ | watch s / request | session depth | RLUR − row "
+        "(return day), p | converged | paper (return day / day-1) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row, s in result["summary"].items():
+        p = result["paired_vs_rlur"].get(row, {}).get("avg_return_day")
+        cmp = "—" if p is None else f"{p['diff']:+.3f}, p={p['p_value']:.3g}"
+        paper = PAPER.get(row)
+        lines.append(
+            f"| {row} | {_fmt(s['avg_return_day'])} | {_fmt(s['day1_retention'])} | "
+            f"{_fmt(s['watch_time_per_request'])} | {_fmt(s['session_depth'])} | {cmp} | "
+            f"{'yes' if s['converged'] else 'no'} | {'' if paper is None else f'{paper[0]} / {paper[1]}'} |"
+        )
+    lines += ["", f"Wall time: {result['seconds']:.0f} s with {result['workers']} worker processes.", ""]
+    return "\n".join(lines)
+
+
+def plot_learning_curves(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row, s in result["summary"].items():
+        c = s["curve"]
+        mean = c["avg_return_day"]
+        lo = [m - h for m, h in zip(mean, c["ci_half"], strict=True)]
+        hi = [m + h for m, h in zip(mean, c["ci_half"], strict=True)]
+        style = "-" if row in PAPER else "--"
+        (line,) = ax.plot(c["step"], mean, style, label=row)
+        ax.fill_between(c["step"], lo, hi, color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("training step (batched requests)")
+    ax.set_ylabel("average return day (↓)")
+    ax.set_title("Learning curves: mean over seeds with 95 % CI")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Train every (row, seed), evaluate, and write results.json, results.md, learning_curves.png."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    unknown = [r for r in cfg.rows if r not in ROWS]
+    if unknown:
+        raise ValueError(f"unknown benchmark rows {unknown}; choose from {', '.join(ROWS)}")
+    jobs = [(row, seed) for row in cfg.rows for seed in range(cfg.seeds)]
+    workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
+    start = time.perf_counter()
+    per_seed: dict[str, list[dict]] = {row: [] for row in cfg.rows}
+    bar = tqdm(total=len(jobs), desc="benchmark runs", unit="run", disable=not progress)
+    if workers == 1:
+        for row, seed in jobs:
+            per_seed[row].append(_train_one(row, seed, cfg, str(out)))
+            bar.update(1)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_train_one, row, seed, cfg, str(out)): (row, seed) for row, seed in jobs}
+            for fut in as_completed(futures):
+                res = fut.result()
+                per_seed[res["row"]].append(res)
+                bar.update(1)
+                bar.set_postfix_str(f"{res['row']} s{res['seed']}: {res['metrics']['avg_return_day']:.3f}")
+    bar.close()
+    result = {"config": dataclasses.asdict(cfg), "workers": workers, "seconds": time.perf_counter() - start,
+              "per_seed": {row: sorted(((r["seed"], r["metrics"]) for r in runs)) for row, runs in per_seed.items()},
+              **summarise(per_seed, cfg)}
+    result["per_seed"] = {row: [{"seed": s, **m} for s, m in runs] for row, runs in result["per_seed"].items()}
+    atomic_write_json(result, out / "results.json")
+    (out / "results.md").write_text(results_markdown(result))
+    plot_learning_curves(result, out / "learning_curves.png")
+    return result
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

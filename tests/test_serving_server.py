@@ -1,0 +1,159 @@
+"""The real server: ``python -m rlur.serving serve`` under uvicorn on 127.0.0.1, a bounded load test with hot
+reloads in flight, graceful shutdown flushing the request log, and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlur.serving.__main__ import _main as serving_main
+from rlur.serving.request_log import read_request_log
+from rlur.serving.testing import random_request, write_demo_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "rlur.serving", "serve", *args], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def request(port: int, method: str, path: str, body: object = None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        data = None if body is None else json.dumps(body)
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read() or b"null")
+    finally:
+        conn.close()
+
+
+def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
+        try:
+            status, body = request(port, "GET", "/readyz")
+            if status == 200:
+                return body
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("server not ready")
+
+
+def test_uvicorn_server_under_load_with_reloads(tmp_path: Path) -> None:
+    write_demo_checkpoint(tmp_path, seed=0, version="v1")
+    port, log = free_port(), tmp_path / "requests.sqlite"
+    proc = serve("--checkpoint", str(tmp_path), "--port", str(port), "--log", str(log))
+    try:
+        assert wait_ready(proc, port)["policy_version"] == "v1"
+        body = random_request(np.random.default_rng(0), 200, form="objects")
+        status, res = request(port, "POST", "/v1/rank", body)
+        assert status == 200 and len(res["top_ids"]) == 6 and res["policy_version"] == "v1"
+
+        rng = np.random.default_rng(1)
+        bodies = [json.dumps(random_request(rng, 200, form="hex")) for _ in range(16)]
+        batch = json.dumps({"requests": [random_request(rng, 50, form="hex") for _ in range(8)]})
+        statuses: Counter[int] = Counter()
+        versions: Counter[str] = Counter()
+        ranked = [0]
+        failures: list[str] = []
+        lock = threading.Lock()
+        stop = time.monotonic() + 3.0
+
+        def worker(i: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # keep-alive
+            j = 0
+            while time.monotonic() < stop:
+                path, body = ("/v1/rank:batch", batch) if (i + j) % 10 == 0 else ("/v1/rank", bodies[j % 16])
+                j += 1
+                try:
+                    conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+                    r = conn.getresponse()
+                    payload = json.loads(r.read())
+                except Exception as err:  # any transport error fails the test
+                    with lock:
+                        failures.append(repr(err))
+                    return
+                results = payload.get("results", [payload]) if r.status == 200 else []
+                with lock:
+                    statuses[r.status] += 1
+                    ranked[0] += len(results)
+                    versions.update(x["policy_version"] for x in results)
+            conn.close()
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for v in ("v2", "v3"):  # hot reloads while requests are in flight
+            time.sleep(0.8)
+            write_demo_checkpoint(tmp_path, seed=int(v[1]), version=v)
+            assert request(port, "POST", "/admin/reload")[0] == 200
+        for t in threads:
+            t.join()
+        assert not failures, failures[:3]
+        assert set(statuses) == {200} and statuses[200] > 20, statuses
+        assert {"v1", "v3"} <= set(versions), versions
+    finally:
+        proc.send_signal(signal.SIGTERM)  # graceful: uvicorn drains, the lifespan flushes the log
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, -signal.SIGTERM), err  # uvicorn re-raises the signal after a clean shutdown
+    assert "Traceback" not in err, err
+    logged = read_request_log(log)
+    assert len(logged["request_id"]) == ranked[0] + 1  # every ranked request, plus the first one
+    assert Counter(logged["versions"][i] for i in logged["version"].tolist()) == versions + Counter({"v1": 1})
+
+
+def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Run ``python -m rlur.serving …`` in-process; returns (exit code, stderr)."""
+    try:
+        code = serving_main(argv)
+    except SystemExit as exc:  # argparse errors
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = cli(["serve", "--checkpoint", str(tmp_path / "missing")], capsys)
+    assert code == 2 and err.strip() == f"rlur: error: no checkpoint at {tmp_path / 'missing'}"
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    code, err = cli(["serve", "--checkpoint", str(tmp_path)], capsys)
+    assert code == 2 and "not a readable torch checkpoint" in err and len(err.strip().splitlines()) == 1
+    write_demo_checkpoint(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        code, err = cli(["serve", "--checkpoint", str(tmp_path), "--port", port], capsys)
+    assert code == 2 and "cannot listen on 127.0.0.1" in err
+    code, err = cli(["serve", "--checkpoint", str(tmp_path), "--log", str(tmp_path)], capsys)
+    assert code == 2 and "is a directory" in err
+
+
+@pytest.mark.parametrize("argv", [["--port", "70000"], ["--max-candidates", "0"], ["--watch-interval", "-1"]])
+def test_cli_rejects_bad_options(tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = cli(["serve", "--checkpoint", str(tmp_path), *argv], capsys)
+    assert code == 2 and "error: argument" in err

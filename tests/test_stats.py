@@ -1,0 +1,56 @@
+"""The statistics helpers on inputs whose answers are known."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from rlur.evaluation.metrics import bootstrap_ratio_ci
+from rlur.evaluation.stats import mean_ci, paired_test
+
+
+def test_mean_ci_by_hand():
+    # mean 2, sd 1 (values 1, 2, 3), n = 3: half-width = t_{0.975, 2} · 1 / √3 = 4.3027 / 1.7321
+    ci = mean_ci([1.0, 2.0, 3.0])
+    assert ci["mean"] == pytest.approx(2.0)
+    half = 4.302652729911275 / math.sqrt(3)
+    assert ci["ci_low"] == pytest.approx(2.0 - half)
+    assert ci["ci_high"] == pytest.approx(2.0 + half)
+
+
+def test_mean_ci_single_value_has_no_interval():
+    ci = mean_ci([5.0])
+    assert ci["mean"] == 5.0 and math.isnan(ci["ci_low"])
+
+
+def test_paired_test_matches_scipy():
+    a = [1.9, 2.0, 1.85, 1.95, 1.88]
+    b = [2.05, 2.02, 2.01, 2.1, 2.0]
+    res = paired_test(a, b)
+    ref = st.ttest_rel(a, b)
+    assert res["p_value"] == pytest.approx(ref.pvalue)
+    assert res["t"] == pytest.approx(ref.statistic)
+    assert res["diff"] == pytest.approx(np.mean(np.subtract(a, b)))
+    assert res["ci_high"] < 0  # a is clearly lower
+
+
+def test_paired_test_constant_difference():
+    assert paired_test([1.0, 2.0], [0.5, 1.5])["p_value"] == 0.0
+    assert paired_test([1.0, 2.0], [1.0, 2.0])["p_value"] == 1.0
+
+
+def test_paired_test_false_positive_rate_is_nominal():
+    rng = np.random.default_rng(0)
+    hits = sum(paired_test(rng.normal(size=5), rng.normal(size=5))["p_value"] < 0.05 for _ in range(2000))
+    assert abs(hits / 2000 - 0.05) < 3 * math.sqrt(0.05 * 0.95 / 2000)
+
+
+def test_bootstrap_ratio_ci_covers_the_truth():
+    rng = np.random.default_rng(1)
+    den = rng.integers(1, 20, size=500).astype(float)
+    num = rng.binomial(den.astype(int), 0.3).astype(float)
+    est, lo, hi = bootstrap_ratio_ci(num, den, n_boot=400, seed=0)
+    assert est == pytest.approx(num.sum() / den.sum())
+    assert lo < 0.3 < hi
+    assert hi - lo < 0.05
