@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "rlur.training.commands",
     "rlur.evaluation.commands",
     "rlur.serving.commands",
+    "rlur.data.commands",
 )
 
 
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rlur: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `rlur … | head`
+        return 0
     except KeyboardInterrupt:
         print("rlur: interrupted", file=sys.stderr)
         return 130

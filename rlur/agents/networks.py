@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -32,7 +33,7 @@ class EnsembleMLP(nn.Module):
         dims = (in_dim, *hidden, out_dim)
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+        for d_in, d_out in itertools.pairwise(dims):
             bound = 1.0 / math.sqrt(d_in)  # nn.Linear's default initialisation, per member
             self.weights.append(nn.Parameter(torch.empty(n, d_in, d_out).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(n, 1, d_out).uniform_(-bound, bound)))

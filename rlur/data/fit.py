@@ -448,7 +448,7 @@ class _Fit:
         tail_prob = tail_counts + 0.05 * np.exp(-(tail_days - k - 1) / 5.0)  # smoothed, decaying prior
         same = s.sess_return_time[s.sess_return_day == 0]
         same_q = np.quantile(same, np.linspace(0, 1, 21)) if len(same) else np.linspace(0.04, 0.4, 21)
-        exposure = np.bincount(s.row_video[self.part[s.req_session[s.row_request]] < 2], minlength=self.n_v)
+        exposure = np.bincount(s.row_video, minlength=self.n_v)  # the catalogue as the logs show it
         simulate = np.zeros(self.n_u, bool)
         simulate[s.sess_user[self.part < 2]] = True
         du = self.user_static.shape[1]

@@ -8,13 +8,13 @@
 
 One step, vectorised over users (no Python loop over users):
 
-1. candidates: ``C`` draws from the logged catalogue, proportional to each video's logged exposure
-   (duplicates are dropped from the ranking);
+1. candidates: ``C`` draws (with replacement) from the logged catalogue, proportional to each video's
+   logged exposure; duplicates are dropped from the ranking;
 2. the k = 8 point-wise scores (SCORE_NAMES) are the feedback model's predictions plus a fixed
    per-video logit error (``prediction_noise``), the predicted watch time is duration × expected
    watch fraction; the action's fusion weights rank them and the top 6 are shown (``ranking="logged"``
-   instead shows 6 distinct exposure-weighted draws, ignoring the action: a replay of the logging
-   distribution, used by the fit report);
+   instead shows the first 6 distinct of 18 exposure-weighted draws, ignoring the action: a replay of the
+   logging distribution, used by the fit report);
 3. responses are sampled from the feedback model without the error: long views nested in clicks (as
    in KuaiRand, 99.6 %), the other behaviours independently, the watch fraction from the watch head
    given the long view, times U(0.5, 1.5), capped at 1;
@@ -121,6 +121,14 @@ class LearnedWorld:
         if float(w.sum()) <= 0:
             raise ValueError(f"{source}: no video was exposed in the logs")
         self.candidate_prob = (w / w.sum()).float()
+        self.candidate_cdf = (w / w.sum()).cumsum(0).float()
+        self.candidate_cdf[int(torch.nonzero(w > 0).max()):] = 1.0  # never past the last exposed video
+        # Inverse-CDF lookup table: cell j of [0, 1) → first video whose CDF reaches j / M; a draw
+        # u is then refined by stepping while cdf < u (at most the largest count of CDF steps in one cell).
+        m = 1 << 16
+        self._cdf_table = torch.searchsorted(self.candidate_cdf, torch.arange(m, dtype=torch.float32) / m)
+        cells = torch.bincount((self.candidate_cdf[:-1] * m).long().clamp(max=m - 1), minlength=m)
+        self._cdf_steps = int(cells.max()) + 1
         self.n_candidates = min(c.n_candidates, int((w > 0).sum()))
         if self.n_candidates < c.slate_size:
             raise ValueError(f"{source}: only {self.n_candidates} exposed videos, fewer than a slate of {c.slate_size}")
@@ -159,6 +167,15 @@ class LearnedWorld:
     def logged(self) -> dict:
         """Statistics of the logs the world was fitted on (see :func:`rlur.data.sessions.logged_statistics`)."""
         return self.payload.get("logged", {})
+
+    def draw_videos(self, u: torch.Tensor) -> torch.Tensor:
+        """Videos for uniforms ``u`` in [0, 1) by the inverse exposure CDF (exact, table-accelerated)."""
+        cdf = self.candidate_cdf
+        idx = self._cdf_table[(u * len(self._cdf_table)).long().clamp_(max=len(self._cdf_table) - 1)]
+        last = len(cdf) - 1
+        for _ in range(self._cdf_steps):
+            idx += (cdf[idx] < u) & (idx < last)
+        return idx
 
     def sample_users(self, n: int, seed: int) -> dict[str, torch.Tensor]:
         """Draw ``n`` logged users uniformly (with replacement): ``uidx``, ``group``, ``concentration``."""
@@ -320,28 +337,36 @@ class LearnedRetentionEnv(RetentionEnv):
     def rank(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidate stage + fusion ranking. Returns ``(candidates (B, C), shown (B, S))``."""
         w, b, s = self.world, self.n_users, self.config.slate_size
-        c = w.n_candidates
-        cand = torch.multinomial(w.candidate_prob, b * c, replacement=True, generator=self.rng).view(b, c)
-        srt, order = cand.sort(dim=1)
-        dup_sorted = torch.zeros_like(cand, dtype=torch.bool)
-        dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
-        dup = torch.zeros_like(dup_sorted).scatter_(1, order, dup_sorted)
-        top = torch.empty(b, s, dtype=torch.long)
         if self.ranking == "logged":
-            score = -torch.arange(c, dtype=torch.float32).expand(b, c).clone()
+            # The first S distinct of 3·S exposure-weighted draws (sampling without replacement).
+            draws = 3 * s
+            cand = w.draw_videos(torch.rand(b, draws, generator=self.rng))
+            srt, order = cand.sort(dim=1, stable=True)
+            dup_sorted = torch.zeros_like(cand, dtype=torch.bool)
+            dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
+            dup = torch.zeros_like(dup_sorted).scatter_(1, order, dup_sorted)
+            score = -torch.arange(draws, dtype=torch.float32).expand(b, draws).clone()
             score[dup] = float("-inf")
-            top = score.topk(s, dim=1).indices
-            return cand, cand.gather(1, top)
+            return cand, cand.gather(1, score.topk(s, dim=1).indices)
+        c = w.n_candidates
+        # C exposure-weighted draws with replacement, generated in sorted order (uniform order
+        # statistics from exponential spacings, then the inverse CDF), so duplicates are adjacent.
+        e = -torch.log1p(-torch.rand(b, c + 1, generator=self.rng))
+        u = (e.cumsum(1)[:, :c] / e.sum(1, keepdim=True))
+        cand = w.draw_videos(u)
+        dup = torch.zeros_like(cand, dtype=torch.bool)
+        dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
+        top = torch.empty(b, s, dtype=torch.long)
         weights = action_to_weights(action, self.config.weight_max) * self._score_ref_inv
         ctx = self._context()
         for st in range(0, b, self.chunk_size):
-            e = min(st + self.chunk_size, b)
-            v = cand[st:e]
-            logits = w.feedback_logits(self.uidx[st:e], v, ctx[st:e], self._repetition(v, slice(st, e)))
+            en = min(st + self.chunk_size, b)
+            v = cand[st:en]
+            logits = w.feedback_logits(self.uidx[st:en], v, ctx[st:en], self._repetition(v, slice(st, en)))
             x = w.scores_from_logits(logits, v, noisy=True)
-            score = torch.bmm(x, weights[st:e].unsqueeze(-1)).squeeze(-1)
-            score[dup[st:e]] = float("-inf")
-            top[st:e] = score.topk(s, dim=1).indices
+            score = torch.bmm(x, weights[st:en].unsqueeze(-1)).squeeze(-1)
+            score[dup[st:en]] = float("-inf")
+            top[st:en] = score.topk(s, dim=1).indices
         return cand, cand.gather(1, top)
 
     @torch.no_grad()

@@ -219,7 +219,7 @@ def write_report(out: str | Path, summary: dict) -> Path:
         f"{_fmt(logged['users'])} users, {_fmt(meta['videos'])} videos, {logged['days']} days; "
         f"{_fmt(logged['requests'])} requests, {_fmt(logged['sessions'])} sessions "
         f"({meta['session_rule']}).",
-        f"Held out: {meta['holdout']}. Trained in {meta['train_seconds']:.0f} s.",
+        f"Held out: {meta['holdout']}. Loaded and trained in {meta['train_seconds']:.0f} s.",
     ]
     lines += [f"- {n}" for n in meta.get("notes", [])]
     lines += ["", "## Held-out prediction quality", "",

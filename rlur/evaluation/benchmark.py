@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from rlur.evaluation.stats import mean_ci, paired_test
 from rlur.training.checkpoint import atomic_write_json
 
-__all__ = ["BenchmarkConfig", "ROWS", "run_benchmark"]
+__all__ = ["ROWS", "BenchmarkConfig", "run_benchmark"]
 
 #: Row name → (algorithm, RLURConfig overrides). The first five are the paper's rows.
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -62,6 +62,8 @@ class BenchmarkConfig:
     """Held-out users of the final evaluation (the same users for every run)."""
     eval_days: int = 14
     eval_seed: int = 7_000_001
+    world_path: str | None = None
+    """A learned world instead of the built-in one."""
     workers: int = 0
     """Worker processes (0: the number of CPU cores)."""
 
@@ -78,14 +80,13 @@ def _train_one(row: str, seed: int, cfg: BenchmarkConfig, out: str) -> dict[str,
     """Worker: train one (row, seed) and evaluate it on the benchmark's held-out users."""
     import torch
 
-    from rlur.sim.world import World, WorldConfig
     from rlur.training.loop import TrainConfig, Trainer, evaluate_policy
 
     torch.set_num_threads(1)
     algo, overrides = ROWS[row]
     tc = TrainConfig(algo=algo, steps=cfg.steps, seed=seed, world_seed=cfg.world_seed, n_users=cfg.n_users,
                      eval_every=cfg.eval_every, eval_users=cfg.curve_eval_users, eval_days=cfg.curve_eval_days,
-                     checkpoint_every=max(cfg.steps // 4, 1))
+                     checkpoint_every=max(cfg.steps // 4, 1), world_path=cfg.world_path)
     rl = tc.rlur
     if algo == "rlur-naive":
         rl = dataclasses.replace(rl, immediate=False, rnd=False, normalise=False, groups=False, soft_reg=False)
@@ -94,8 +95,7 @@ def _train_one(row: str, seed: int, cfg: BenchmarkConfig, out: str) -> dict[str,
     trainer = Trainer(tc, run_dir, progress=False)
     if not trainer.resume() or trainer.step < tc.steps or not (run_dir / "eval.json").exists():
         trainer.train()
-    final = evaluate_policy(trainer.learner.policy(), World(WorldConfig(world_seed=cfg.world_seed)),
-                            cfg.eval_users, cfg.eval_days, cfg.eval_seed)
+    final = evaluate_policy(trainer.learner.policy(), trainer.world, cfg.eval_users, cfg.eval_days, cfg.eval_seed)
     return {
         "row": row, "seed": seed,
         "metrics": {m: final[m]["mean"] for m in METRICS},
@@ -219,7 +219,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True) 
                 bar.set_postfix_str(f"{res['row']} s{res['seed']}: {res['metrics']['avg_return_day']:.3f}")
     bar.close()
     result = {"config": dataclasses.asdict(cfg), "workers": workers, "seconds": time.perf_counter() - start,
-              "per_seed": {row: sorted(((r["seed"], r["metrics"]) for r in runs)) for row, runs in per_seed.items()},
+              "per_seed": {row: sorted((r["seed"], r["metrics"]) for r in runs) for row, runs in per_seed.items()},
               **summarise(per_seed, cfg)}
     result["per_seed"] = {row: [{"seed": s, **m} for s, m in runs] for row, runs in result["per_seed"].items()}
     atomic_write_json(result, out / "results.json")

@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seeds", type=positive_int, default=None, help="training seeds per row (default 5; quick: 2)")
     p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--world", default=None, help="a learned world (from rlur data fit) instead of the built-in one")
     p.add_argument("--algos", default=None, help=f"comma-separated rows (default: all of {', '.join(ROWS)})")
     p.add_argument("--out", default="runs/benchmark", help="output directory (default: runs/benchmark)")
     p.add_argument("--quick", action="store_true", help="a cut-down run (minutes) for trying it out; CI runs it")
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = check_writable(args.out, directory=True)
-    overrides: dict = {"world_seed": args.world_seed}
+    overrides: dict = {"world_seed": args.world_seed, "world_path": args.world}
     if args.seeds is not None:
         overrides["seeds"] = args.seeds
     if args.steps is not None:

@@ -11,8 +11,8 @@ from rlur.agents.fixed import FIXED_POLICIES, make_fixed_policy
 from rlur.cli import check_writable, positive_int
 from rlur.evaluation.report import print_metrics_table
 from rlur.evaluation.rollout import rollout
-from rlur.sim.env import RetentionEnv
-from rlur.sim.world import World, WorldConfig
+from rlur.sim.world import WorldConfig
+from rlur.training.loop import build_world, make_env
 
 __all__ = ["register"]
 
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=positive_int, default=14, help="simulated calendar days (default: 14)")
     p.add_argument("--seed", type=int, default=0, help="seed of the users and their responses")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the world (videos, predictors)")
+    p.add_argument("--world", default=None, help="a learned world (from rlur data fit) instead of the built-in one")
     p.add_argument("--out", default="runs/simulate.json", help="JSON output file (default: runs/simulate.json)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -34,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = check_writable(args.out)
-    world = World(WorldConfig(world_seed=args.world_seed))
-    env = RetentionEnv(world, n_users=args.users, seed=args.seed)
+    world = build_world(args.world, WorldConfig(world_seed=args.world_seed))
+    env = make_env(world, args.users, args.seed)
     policy = make_fixed_policy(args.policy, seed=args.seed)
     torch.manual_seed(args.seed)
     recorder, timing = rollout(env, policy, days=args.days, deterministic=True, progress=not args.no_progress)

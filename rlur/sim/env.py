@@ -27,6 +27,8 @@ from rlur.sim.world import BEHAVIOURS, GROUPS, SATIATION, SCORE_NAMES, World, Wo
 __all__ = ["OBS_DIM", "OBS_FIELDS", "RetentionEnv", "StepResult", "env_state_dict", "load_env_state_dict"]
 
 _R = len(BEHAVIOURS)
+#: How much each unit of fatigue lowers the long-view logit per unit of video duration (z-score).
+FATIGUE_DURATION = 0.4
 _CLICK, _LONG, _LIKE, _FOLLOW, _COMMENT, _FORWARD, _PROFILE, _HATE = range(_R)
 #: Responses summarised per request: mean watch fraction, then each behaviour's rate on the slate.
 RESPONSE_NAMES: tuple[str, ...] = ("watch_frac", *BEHAVIOURS)
@@ -228,6 +230,12 @@ class RetentionEnv:
             + self.fatigue[:, None, None] * w.coef_fatigue
             + repetition.unsqueeze(-1) * w.coef_repeat
         )
+        # Whether a long video is watched through depends on who watches it and how tired they
+        # are: heavy users finish long videos, casual users do not, and nobody does when tired.
+        # The predictors only know the average effect, so the best weight on watch time changes
+        # with the user's group and fatigue.
+        taste = w.group_duration[g] - FATIGUE_DURATION * self.fatigue
+        logit[..., _LONG] += w.video_duration_z[shown] * taste[:, None]
         p = torch.sigmoid(logit)
         u = torch.rand(b, s, _R + 1, generator=self.rng)
         p_click = p[..., _CLICK]

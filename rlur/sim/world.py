@@ -109,15 +109,15 @@ class WorldConfig:
     """Action a ∈ [-1, 1]^k maps to fusion weights w = weight_max · (a + 1) / 2 ∈ [0, weight_max]^k."""
     # Calibration constants: chosen by ``benchmarks/calibrate.py`` so that the uniform policy
     # reproduces KuaiRand's behaviour rates and return-day histogram (see the README).
-    behaviour_bias: tuple[float, ...] = (0.211, -0.758, -6.407, -7.787, -7.577, -9.47, -5.476, -9.054)
+    behaviour_bias: tuple[float, ...] = (0.207, -0.772, -6.424, -7.796, -7.549, -9.5, -5.487, -9.061)
     """Intercept of each behaviour's logit, in BEHAVIOURS order."""
-    return_day_bias: tuple[float, ...] = (0.068, -0.46, -0.244)
+    return_day_bias: tuple[float, ...] = (0.109, -0.393, -0.171)
     """Hazard-logit offset for day 1, day 2 and days ≥ 3 of the return model."""
-    reopen_bias: float = -0.913
+    reopen_bias: float = -0.904
     """Logit of reopening the app on the same day after a session (app opens > DAU)."""
-    leave_bias: float = -3.11
+    leave_bias: float = -3.103
     """Intercept of the per-request leave logit."""
-    sat_reference: tuple[float, ...] = (0.414, 0.35, 0.665, 0.269)
+    sat_reference: tuple[float, ...] = (0.467, 0.338, 0.649, 0.246)
     """Typical per-request satisfaction of each group under the uniform policy (calibrated)."""
     quality_effect: float = 1.5
     """How strongly a session's satisfaction (relative to its group's reference) moves the return."""
@@ -176,6 +176,9 @@ _SAT_COEF = (
 _GROUP_AFFINITY_MULT = (1.3, 1.0, 0.4, 0.6)
 _GROUP_QUALITY_MULT = (0.6, 1.0, 1.6, 1.2)
 _GROUP_BAIT_MULT = (0.8, 1.0, 1.6, 1.3)
+# Long-view logit per unit of duration z-score, on top of the average (−0.5): heavy users finish long
+# videos, casual and new users drop them.
+_GROUP_DURATION = (0.9, 0.0, -0.9, -0.6)
 # Satiation: a topic's effective affinity drops by this much per unit of its recent share of the
 # shown videos (the predictors do not see it, so late in a session affinity-driven scores mislead).
 SATIATION = 4.0
@@ -227,6 +230,7 @@ class World:
         self.group_affinity_mult = coef(_GROUP_AFFINITY_MULT)
         self.group_quality_mult = coef(_GROUP_QUALITY_MULT)
         self.group_bait_mult = coef(_GROUP_BAIT_MULT)
+        self.group_duration = coef(_GROUP_DURATION)
         self.coef_quality = coef(_COEF_QUALITY)
         self.coef_bait = coef(_COEF_BAIT)
 

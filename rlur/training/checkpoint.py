@@ -12,7 +12,7 @@ import torch
 
 from rlur.agents.policy import GaussianPolicy, TablePolicy, policy_to_dict
 from rlur.sim.env import OBS_FIELDS
-from rlur.sim.world import GROUPS, SCORE_NAMES, World
+from rlur.sim.world import GROUPS, SCORE_NAMES
 
 __all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "policy_checkpoint"]
 
@@ -46,7 +46,7 @@ def atomic_write_json(obj: Any, path: str | Path) -> None:
 
 
 def policy_checkpoint(
-    policy: GaussianPolicy | TablePolicy, world: World, algo: str, version: str, **extra: Any,
+    policy: GaussianPolicy | TablePolicy, world: Any, algo: str, version: str, **extra: Any,
 ) -> dict[str, Any]:
     """Everything a server or evaluator needs to rebuild and serve the policy.
 

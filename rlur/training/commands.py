@@ -10,9 +10,9 @@ from pathlib import Path
 from rlur.agents.policy import load_policy
 from rlur.cli import CliError, check_writable, positive_int
 from rlur.evaluation.report import print_metrics_table
-from rlur.sim.world import World, WorldConfig
+from rlur.sim.world import WorldConfig
 from rlur.training.checkpoint import atomic_write_json
-from rlur.training.loop import ALGOS, TrainConfig, Trainer, evaluate_policy
+from rlur.training.loop import ALGOS, TrainConfig, Trainer, build_world, evaluate_policy
 
 __all__ = ["build_train_config", "register"]
 
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--algo", choices=ALGOS, default="rlur")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--world", default=None, help="a learned world (from rlur data fit) instead of the built-in one")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="batched environment steps (each advances every simulated user by one request); "
                         "default: the algorithm's converged budget")
@@ -52,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--days", type=positive_int, default=14)
     e.add_argument("--seed", type=int, default=2_000_003, help="seed of the evaluation users")
     e.add_argument("--out", required=True, help="JSON output file")
+    e.add_argument("--world", default=None, help="evaluate in this learned world (default: the run's world)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=run_eval)
 
@@ -68,6 +70,10 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         except json.JSONDecodeError as err:
             raise CliError(f"config file {path} is not valid JSON: {err}") from None
     base.update(algo=args.algo, seed=args.seed, world_seed=args.world_seed)
+    if args.world:
+        if not Path(args.world).exists():
+            raise CliError(f"no learned world at {args.world} (build one with `rlur data fit`)")
+        base["world_path"] = str(args.world)
     if args.steps is not None:
         base["steps"] = args.steps
     for name, key in (("users", "n_users"), ("eval_every", "eval_every"), ("eval_users", "eval_users"),
@@ -114,7 +120,8 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     out = check_writable(args.out)
     policy, ckpt = load_policy(args.checkpoint)
-    world = World(WorldConfig.from_dict(ckpt["world_config"]))
+    world_path = args.world or ckpt.get("world_path")
+    world = build_world(world_path, None if world_path else WorldConfig.from_dict(ckpt["world_config"]))
     result = evaluate_policy(policy, world, args.users, args.days, args.seed, progress=not args.no_progress)
     result.update(algo=ckpt.get("algo"), version=ckpt.get("version"), checkpoint=str(args.checkpoint))
     print_metrics_table(result, title=f"rlur eval {args.checkpoint}")

@@ -37,7 +37,7 @@ from rlur.sim.world import BEHAVIOURS, World, WorldConfig
 from rlur.training.buffer import DelayedReturnCollector, ReplayBuffer
 from rlur.training.checkpoint import atomic_torch_save, atomic_write_json, policy_checkpoint
 
-__all__ = ["ALGOS", "DEFAULT_STEPS", "TrainConfig", "Trainer", "evaluate_policy"]
+__all__ = ["ALGOS", "DEFAULT_STEPS", "TrainConfig", "Trainer", "build_world", "evaluate_policy", "make_env"]
 
 ALGOS = ("rlur", "rlur-naive", "td3", "cem", "uniform", "click")
 #: Default budgets (batched steps), chosen so each algorithm's learning curve is flat by the end.
@@ -71,6 +71,8 @@ class TrainConfig:
     td3: TD3Config = field(default_factory=TD3Config)
     cem: CEMConfig = field(default_factory=CEMConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
+    world_path: str | None = None
+    """A learned world (``rlur data fit --out WORLD``) instead of the built-in one."""
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
@@ -204,9 +206,25 @@ def make_learner(cfg: TrainConfig, env: RetentionEnv):
     return FixedLearner(cfg.algo, k)
 
 
-def evaluate_policy(policy, world: World, n_users: int, days: int, seed: int, progress: bool = False) -> dict:
+def build_world(world_path: str | None, config: WorldConfig | None = None):
+    """The learned world at ``world_path``, else the built-in world of ``config``."""
+    if world_path:
+        from rlur.data.learned_world import load_world
+
+        return load_world(world_path)
+    return World(config or WorldConfig())
+
+
+def make_env(world, n_users: int, seed: int) -> RetentionEnv:
+    """A batched environment over ``world`` (built-in :class:`World` or a learned world)."""
+    from rlur.data.learned_world import make_env as _make_env
+
+    return _make_env(world, n_users=n_users, seed=seed)
+
+
+def evaluate_policy(policy, world, n_users: int, days: int, seed: int, progress: bool = False) -> dict:
     """Deterministic evaluation (μ served) on held-out users; the metrics of ``rlur simulate``."""
-    env = RetentionEnv(world, n_users=n_users, seed=seed)
+    env = make_env(world, n_users, seed)
     recorder, timing = rollout(env, policy, days=days, deterministic=True, progress=progress)
     out = recorder.summary(seed=seed)
     out["requests_per_s"] = timing["requests_per_s"]
@@ -222,8 +240,8 @@ class Trainer:
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
-        self.world = World(cfg.world)
-        self.env = RetentionEnv(self.world, n_users=cfg.n_users, seed=cfg.seed)
+        self.world = build_world(cfg.world_path, cfg.world)
+        self.env = make_env(self.world, cfg.n_users, cfg.seed)
         self.learner = make_learner(cfg, self.env)
         self.step = 0
         self.obs = self.env.observe()
@@ -235,7 +253,7 @@ class Trainer:
         version = f"{self.cfg.algo}-s{self.cfg.seed}-step{self.step}"
         atomic_torch_save(
             policy_checkpoint(self.learner.policy(), self.world, self.cfg.algo, version, step=self.step,
-                              train_config=self.cfg.to_dict()),
+                              train_config=self.cfg.to_dict(), world_path=self.cfg.world_path),
             self.out / "checkpoint.pt",
         )
         atomic_torch_save({
