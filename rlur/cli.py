@@ -104,4 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module so that exception classes match those the commands raise.
+    from rlur.cli import main as _main
+
+    sys.exit(_main())

@@ -51,11 +51,11 @@ class BenchmarkConfig:
     seeds: int = 5
     world_seed: int = 0
     rows: tuple[str, ...] = tuple(ROWS)
-    steps: int = 2000
+    steps: int = 1200
     """Batched steps per run (the same for every row)."""
     n_users: int = 512
     """Simulated users per training step (the same for every row)."""
-    eval_every: int = 200
+    eval_every: int = 150
     curve_eval_users: int = 512
     curve_eval_days: int = 5
     eval_users: int = 4096

@@ -41,7 +41,7 @@ __all__ = ["ALGOS", "DEFAULT_STEPS", "TrainConfig", "Trainer", "build_world", "e
 
 ALGOS = ("rlur", "rlur-naive", "td3", "cem", "uniform", "click")
 #: Default budgets (batched steps), chosen so each algorithm's learning curve is flat by the end.
-DEFAULT_STEPS = {"rlur": 2000, "rlur-naive": 2000, "td3": 2000, "cem": 2000, "uniform": 200, "click": 200}
+DEFAULT_STEPS = {"rlur": 1200, "rlur-naive": 1200, "td3": 1200, "cem": 1200, "uniform": 100, "click": 100}
 
 
 @dataclass
@@ -61,7 +61,7 @@ class TrainConfig:
     explore_std_start: float = 0.3
     explore_std_end: float = 0.05
     """σ of the Gaussian policy, annealed linearly over the first 80 % of the budget."""
-    eval_every: int = 250
+    eval_every: int = 200
     eval_users: int = 1024
     eval_days: int = 7
     eval_seed: int = 1_000_003

@@ -1,0 +1,58 @@
+"""``rlur benchmark --quick`` end to end, and the summary/statistics plumbing."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlur.evaluation.benchmark import ROWS, BenchmarkConfig, _converged, summarise
+
+
+def test_benchmark_quick_end_to_end(tmp_path: Path):
+    out = tmp_path / "bench"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "rlur.cli", "benchmark", "--quick", "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["summary"]) == set(ROWS)
+    for row in ("cem", "td3", "rlur", "rlur-naive-g0", "rlur-naive-g0.9", "rlur-no-rnd"):
+        for metric in ("avg_return_day", "day1_retention"):
+            s = result["summary"][row][metric]
+            assert s["ci_low"] <= s["mean"] <= s["ci_high"]
+        assert len(result["per_seed"][row]) == 2
+    assert "rlur" not in result["paired_vs_rlur"] and "cem" in result["paired_vs_rlur"]
+    assert (out / "results.md").read_text().count("|") > 50
+    assert (out / "learning_curves.png").stat().st_size > 10_000
+    assert "rlur" in proc.stdout and "wrote" in proc.stdout
+
+
+def test_benchmark_rejects_unknown_rows(tmp_path: Path):
+    proc = subprocess.run([sys.executable, "-m", "rlur.cli", "benchmark", "--quick", "--algos", "cem,nope",
+                           "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "nope" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def _run(row: str, seed: int, value: float) -> dict:
+    curve = [{"step": s, "avg_return_day": value + 0.01 * seed} for s in (0, 10, 20, 30, 40, 50)]
+    return {"row": row, "seed": seed, "curve": curve,
+            "metrics": {"avg_return_day": value + 0.01 * seed, "day1_retention": 0.6,
+                        "watch_time_per_request": 100.0, "session_depth": 8.0}}
+
+
+def test_summarise_pairs_rlur_against_each_row():
+    per_seed = {"rlur": [_run("rlur", s, 1.8) for s in range(3)], "cem": [_run("cem", s, 2.0) for s in range(3)]}
+    out = summarise(per_seed, BenchmarkConfig(seeds=3))
+    paired = out["paired_vs_rlur"]["cem"]["avg_return_day"]
+    assert paired["diff"] == pytest.approx(-0.2)
+    assert paired["p_value"] == 0.0  # identical differences over seeds
+    assert out["summary"]["cem"]["avg_return_day"]["mean"] == pytest.approx(2.01)
+    assert out["summary"]["rlur"]["converged"]  # a flat curve
+
+
+def test_convergence_flag():
+    assert _converged([2.0, 1.9, 1.8, 1.7, 1.6, 1.6, 1.6], [0.01] * 7)
+    assert not _converged([2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.4], [0.01] * 7)
