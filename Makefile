@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/rlur simulate
+	$(BIN)/rlur benchmark --out runs/benchmark
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "rlur.sim.commands",
     "rlur.training.commands",
     "rlur.evaluation.commands",
+    "rlur.abtest.commands",
     "rlur.serving.commands",
     "rlur.data.commands",
 )

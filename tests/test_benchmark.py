@@ -14,8 +14,8 @@ from rlur.evaluation.benchmark import ROWS, BenchmarkConfig, _converged, summari
 def test_benchmark_quick_end_to_end(tmp_path: Path):
     out = tmp_path / "bench"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "rlur.cli", "benchmark", "--quick", "--out", str(out), "--no-progress"],
-                          capture_output=True, text=True, env=env, timeout=900)
+    cmd = [sys.executable, "-m", "rlur.cli", "benchmark", "--quick", "--out", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "results.json").read_text())
     assert set(result["summary"]) == set(ROWS)
