@@ -87,10 +87,7 @@ def _train_one(row: str, seed: int, cfg: BenchmarkConfig, out: str) -> dict[str,
     tc = TrainConfig(algo=algo, steps=cfg.steps, seed=seed, world_seed=cfg.world_seed, n_users=cfg.n_users,
                      eval_every=cfg.eval_every, eval_users=cfg.curve_eval_users, eval_days=cfg.curve_eval_days,
                      checkpoint_every=max(cfg.steps // 4, 1), world_path=cfg.world_path)
-    rl = tc.rlur
-    if algo == "rlur-naive":
-        rl = dataclasses.replace(rl, immediate=False, rnd=False, normalise=False, groups=False, soft_reg=False)
-    tc.rlur = dataclasses.replace(rl, **overrides)
+    tc.rlur = dataclasses.replace(tc.rlur, **overrides)  # RLUR-naive's switches: training.loop.rlur_config
     run_dir = Path(out) / "runs" / row / f"seed{seed}"
     trainer = Trainer(tc, run_dir, progress=False)
     if not trainer.resume() or trainer.step < tc.steps or not (run_dir / "eval.json").exists():

@@ -98,28 +98,47 @@ class MetricsRecorder:
         self._started = torch.ones(b, dtype=torch.bool)  # the first session starts at reset
 
     def record(self, r: StepResult) -> None:
-        """Add one batched step (vectorised over users)."""
-        live = torch.ones_like(r.session_end) if self.horizon_days is None else r.day < self.horizon_days
-        if self.opens is not None and bool((self._started & live).any()):
-            idx = (self._started & live).nonzero().squeeze(1)
+        """Add one batched step (vectorised over users).
+
+        Per-user sums only change where something happened: rows outside the horizon add nothing
+        and the session/gap sums only move for the users whose session ended (index tensors).
+        """
+        live = None if self.horizon_days is None else r.day < self.horizon_days
+        if live is not None and bool(live.all()):
+            live = None  # everyone is inside the horizon (the common case): no masking needed
+        started = self._started if live is None else self._started & live
+        if self.opens is not None and bool(started.any()):
+            idx = started.nonzero().squeeze(1)
             self.opens[idx, r.day[idx]] += 1
-        lf = live.double()
-        self.requests += lf
-        self.watch += lf * r.feedback[:, 0].double()
-        self.behaviours += lf[:, None] * r.feedback[:, 1:].double()
+        feedback = r.feedback.double()
+        if live is None:
+            self.requests += 1.0
+            self.watch += feedback[:, 0]
+            self.behaviours += feedback[:, 1:]
+            end = r.session_end
+        else:
+            lf = live.double()
+            self.requests += lf
+            self.watch += lf * feedback[:, 0]
+            self.behaviours += lf[:, None] * feedback[:, 1:]
+            end = r.session_end & live
         self._depth += 1
-        end = r.session_end & live
-        self.sessions += end.double()
-        self.session_requests += torch.where(end, self._depth, 0.0).double()
-        gap = end & (r.return_day >= 1)
-        days = r.return_day.clamp(min=0).double()
-        self.gaps += gap.double()
-        self.gap_days += torch.where(gap, days, 0.0)
-        self.gap_day1 += (gap & (r.return_day == 1)).double()
-        if bool(gap.any()):
-            b = r.return_day[gap].clamp(max=self.max_return_day + 1) - 1
-            self.gap_hist += torch.bincount(b, minlength=self.max_return_day + 1).double()
-        self._depth = torch.where(r.session_end, 0.0, self._depth)
+        ended = end.nonzero().squeeze(1)
+        if len(ended):
+            ones = torch.ones(len(ended), dtype=torch.float64)
+            self.sessions.index_add_(0, ended, ones)
+            self.session_requests.index_add_(0, ended, self._depth.index_select(0, ended).double())
+            return_day = r.return_day.index_select(0, ended)
+            later = return_day >= 1
+            if bool(later.any()):
+                gap_users, gap_days = ended[later], return_day[later]
+                ones = ones[: len(gap_users)]
+                self.gaps.index_add_(0, gap_users, ones)
+                self.gap_days.index_add_(0, gap_users, gap_days.double())
+                self.gap_day1.index_add_(0, gap_users, (gap_days == 1).double())
+                bins = gap_days.clamp(max=self.max_return_day + 1) - 1
+                self.gap_hist += torch.bincount(bins, minlength=self.max_return_day + 1).double()
+        self._depth.masked_fill_(r.session_end, 0.0)
         self._started = r.session_end.clone()
 
     # ------------------------------------------------------------------------------------------

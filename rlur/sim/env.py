@@ -17,6 +17,7 @@ No Python loop runs over users; candidate scoring is chunked so memory stays bou
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,11 @@ __all__ = ["OBS_DIM", "OBS_FIELDS", "RetentionEnv", "StepResult", "env_state_dic
 _R = len(BEHAVIOURS)
 #: How much each unit of fatigue lowers the long-view logit per unit of video duration (z-score).
 FATIGUE_DURATION = 0.4
+#: Users scored per chunk in the candidate stage, at most: a chunk's buffers (a few MB) stay in cache,
+#: and chunks this large keep the number of ops (each a parallel region with several threads) low.
+_RANK_CHUNK = 512
+#: Users whose candidate scores are ranked together (one top-S pass over their scores).
+_TOPK_CHUNK = 2048
 _CLICK, _LONG, _LIKE, _FOLLOW, _COMMENT, _FORWARD, _PROFILE, _HATE = range(_R)
 #: Responses summarised per request: mean watch fraction, then each behaviour's rate on the slate.
 RESPONSE_NAMES: tuple[str, ...] = ("watch_frac", *BEHAVIOURS)
@@ -153,119 +159,212 @@ class RetentionEnv:
     # ------------------------------------------------------------------------------------------
     def observe(self) -> torch.Tensor:
         """Build the flat observation ``(B, OBS_DIM)`` (layout: :data:`OBS_FIELDS`)."""
-        depth = self.depth.clamp(min=1)[:, None]
-        parts = [
-            torch.nn.functional.one_hot(self.group, len(GROUPS)).float(),
-            (self.depth / 10)[:, None],
-            (self.opens_today / 3)[:, None],
-            (self.last_return_time / 10)[:, None],
-            (self.ema_return_time / 10)[:, None],
-            (self.ema_depth / 20)[:, None],
-            (self.n_sessions.log1p() / 5)[:, None],
-            (self.recent_topic.max(1).values * 0.3)[:, None],
-            self.last_repetition[:, None],
-            self.last_response,
-            self.session_response / depth,
-            self.ema_quality[:, None],
-            self.interest_concentration[:, None],
-        ]
-        return torch.cat(parts, dim=1).float()
+        b, n_groups, n_resp = self.n_users, len(GROUPS), len(RESPONSE_NAMES)
+        obs = torch.empty(b, OBS_DIM)  # a fresh tensor every call: callers keep observations
+        col = obs.t()  # col[i] is observation column i (a strided view)
+        obs[:, :n_groups].zero_().scatter_(1, self.group[:, None], 1.0)  # one-hot group
+        i = n_groups
+        for value, scale in ((self.depth, 10), (self.opens_today, 3), (self.last_return_time, 10),
+                             (self.ema_return_time, 10), (self.ema_depth, 20)):
+            torch.div(value, scale, out=col[i])
+            i += 1
+        torch.div(self.n_sessions.log1p(), 5, out=col[i])
+        torch.mul(self.recent_topic.amax(1), 0.3, out=col[i + 1])
+        col[i + 2].copy_(self.last_repetition)
+        i += 3
+        obs[:, i:i + n_resp] = self.last_response
+        i += n_resp
+        torch.div(self.session_response, self.depth.clamp(min=1)[:, None], out=obs[:, i:i + n_resp])
+        i += n_resp
+        col[i].copy_(self.ema_quality)
+        col[i + 1].copy_(self.interest_concentration)
+        return obs
 
     # ------------------------------------------------------------------------------------------
+    def _scratch(self) -> dict:
+        """Buffers reused across steps (a dict, so state dicts and the Gym wrappers ignore it)."""
+        scratch = self.__dict__.get("_scratch_buffers")
+        if scratch is None or scratch["n_users"] != self.n_users:
+            scratch = self.__dict__["_scratch_buffers"] = {"n_users": self.n_users}
+        return scratch
+
+    def _draw_candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidate stage: each user gets C *distinct* videos, a random window of a catalogue
+        permutation drawn afresh every step (cheaper than sampling C of N per user).
+
+        Returns ``ext (N + C - 1,)``, the permutation followed by its first C - 1 entries, and
+        ``start (B,)``: user u's candidates are ``ext[start[u] : start[u] + C]``.
+        """
+        c = self.config
+        perm = torch.randperm(c.n_videos, generator=self.rng)
+        ext = torch.cat((perm, perm[: c.n_candidates - 1]))
+        start = torch.randint(0, c.n_videos, (self.n_users,), generator=self.rng)
+        return ext, start
+
+    def _rank_windows(self, weights: torch.Tensor, ext: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """Positions ``(B, S)`` in each user's candidate window of the slate (best first).
+
+        Fusion ranking, chunked over users: the inputs of a chunk are copied from per-step
+        permuted tables (a window of C consecutive entries per user, so plain row copies) into
+        buffers reused across chunks and steps; ``World.fused_scores`` scores them in place, and
+        the top S are taken every few chunks (:func:`_top_positions`).
+        """
+        c, w, b = self.config, self.world, self.n_users
+        n_cand, n_win = c.n_candidates, c.n_videos
+        k1 = w.pred_scored_t.shape[0]
+        m = ext.shape[0]
+        # Per-step table in permutation order: the k-1 prediction logits, then the duration, one
+        # row of N + C - 1 entries each, flattened. Row i of the strided view `window` is
+        # table[i : i + C], so (quantity q, user u) is window row q · (N + C - 1) + start[u].
+        table = torch.cat((w.pred_scored_t.index_select(1, ext), w.video_duration.index_select(0, ext)[None]))
+        window = table.view(-1).as_strided((table.numel() - n_cand + 1, n_cand), (1, 1))
+        row_offset = torch.arange(0, (k1 + 1) * m, m)[:, None]  # (k, 1)
+        topic_win = w.video_topic.index_select(0, ext).as_strided((n_win, n_cand), (1, 1))
+        pos = torch.empty(b, c.slate_size, dtype=torch.long)
+        chunk = max(1, min(self.chunk_size, _RANK_CHUNK, b))
+        group = chunk * max(1, _TOPK_CHUNK // chunk)  # users whose scores are kept for one topk
+        scratch = self._scratch()
+        key = ("rank", chunk, group, n_cand, k1)
+        if key not in scratch:
+            scratch[key] = _RankBuffers(chunk, min(group, b), n_cand, k1)
+        full = scratch[key]
+        for g0 in range(0, b, group):
+            g1 = min(g0 + group, b)
+            for s in range(g0, g1, chunk):
+                e = min(s + chunk, g1)
+                buf = full if e - s == chunk else _RankBuffers(e - s, 0, n_cand, k1)  # a last, short chunk
+                rows = start[s:e]
+                torch.add(row_offset, rows, out=buf.rows)
+                torch.index_select(window, 0, buf.rows.view(-1), out=buf.inputs_2d)
+                torch.index_select(topic_win, 0, rows, out=buf.topic)
+                torch.gather(self.interest[s:e], 1, buf.topic, out=buf.aff)
+                w.fused_scores(None, buf.aff, weights[s:e], logits=buf.logits, duration=buf.duration,
+                               out=full.score[s - g0:e - g0])
+            pos[g0:g1] = _top_positions(full.score[:g1 - g0], c.slate_size)
+        return pos
+
+    def _rank_positions(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw the candidates and rank them: ``(ext, start, positions (B, S))`` (see above)."""
+        weights = action_to_weights(action, self.config.weight_max) * self._score_ref_inv  # (B, k)
+        ext, start = self._draw_candidates()
+        return ext, start, self._rank_windows(weights, ext, start)
+
     def rank(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidate stage + fusion ranking. Returns ``(candidates (B, C), shown (B, S))``."""
-        c = self.config
-        b = self.n_users
-        weights = action_to_weights(action, c.weight_max) * self._score_ref_inv  # (B, k)
-        # Candidate stage: each user gets C *distinct* videos, a random window of a catalogue
-        # permutation drawn afresh every step (cheaper than sampling C of N per user).
-        perm = torch.randperm(c.n_videos, generator=self.rng)
-        windows = torch.cat((perm, perm[: c.n_candidates - 1])).unfold(0, c.n_candidates, 1)  # (N, C)
-        cand = windows.index_select(0, torch.randint(0, c.n_videos, (b,), generator=self.rng))
-        top = torch.empty(b, c.slate_size, dtype=torch.long)
-        topic = self.world.video_topic
-        for s in range(0, b, self.chunk_size):
-            e = min(s + self.chunk_size, b)
-            v = cand[s:e]
-            aff = self.interest[s:e].gather(1, topic[v])
-            score = self.world.fused_scores(v, aff, weights[s:e])  # Σ_l w_l x_{j,l}, (b, C)
-            top[s:e] = score.topk(c.slate_size, dim=1).indices
-        return cand, cand.gather(1, top)
+        with torch.no_grad():
+            ext, start, pos = self._rank_positions(action)
+            cand = ext.unfold(0, self.config.n_candidates, 1).index_select(0, start)
+            return cand, cand.gather(1, pos)
+
+    def _shown(self, action: torch.Tensor) -> torch.Tensor:
+        """``rank(action)[1]`` without building the ``(B, C)`` candidate matrix."""
+        if type(self).rank is not RetentionEnv.rank:  # a subclass ranks its own way
+            return self.rank(action)[1]
+        ext, start, pos = self._rank_positions(action)
+        return ext.index_select(0, (pos + start[:, None]).view(-1)).view_as(pos)
 
     def step(self, action: torch.Tensor) -> StepResult:
         """Serve one request to every user with fusion action ``action (B, k)`` in [-1, 1]."""
         action = torch.as_tensor(action, dtype=torch.float32)
         if action.shape != (self.n_users, self.k):
             raise ValueError(f"action must have shape {(self.n_users, self.k)}, got {tuple(action.shape)}")
-        if not torch.isfinite(action).all():
-            raise ValueError("action contains NaN or inf")
-        day = self.day.clone()
-        _, shown = self.rank(action)
-        responses, watch, sat, repetition = self._respond(shown)
-        self._update_session(shown, responses, watch, sat, repetition)
-        session_end = self._leave(sat, responses)
-        return_day, return_time = self._return(session_end)
-        feedback = torch.cat((watch.sum(1, keepdim=True), responses.sum(1)), dim=1)
-        return StepResult(
-            obs=self.observe(), feedback=feedback, session_end=session_end, return_day=return_day,
-            return_time=return_time, group=self.group.clone(), day=day, shown=shown,
-        )
+        with torch.no_grad():
+            if not torch.isfinite(action).all():
+                raise ValueError("action contains NaN or inf")
+            day = self.day.clone()
+            shown = self._shown(action)
+            responses, watch, sat, repetition = self._respond(shown)
+            self._update_session(shown, responses, watch, sat, repetition)
+            session_end = self._leave(sat, responses)
+            return_day, return_time = self._return(session_end)
+            feedback = torch.cat((watch.sum(1, keepdim=True), responses.sum(1)), dim=1)
+            return StepResult(
+                obs=self.observe(), feedback=feedback, session_end=session_end, return_day=return_day,
+                return_time=return_time, group=self.group.clone(), day=day, shown=shown,
+            )
 
     # --- immediate feedback module ------------------------------------------------------------
     def _respond(self, shown: torch.Tensor):
-        """Sample responses ``(B, S, R)`` 0/1, watch seconds ``(B, S)``, satisfaction ``(B,)``."""
+        """Sample responses ``(B, S, R)`` 0/1, watch seconds ``(B, S)``, satisfaction ``(B,)``.
+
+        Computed behaviour-major, ``(R, B·S)``, so each op has unit stride; ``responses`` is
+        returned as a ``(B, S, R)`` view of that layout.
+        """
         w, b, s = self.world, self.n_users, self.config.slate_size
-        topic = w.video_topic[shown]
+        n = b * s
+        flat = shown.reshape(-1)
+        video = w.video_response_t.index_select(1, flat)  # (R + 4, B·S)
+        base, quality, bait, dur_z, dur = video[:_R], video[_R], video[_R + 1], video[_R + 2], video[_R + 3]
+        topic = w.video_topic.index_select(0, flat).view(b, s)
         aff = self.interest.gather(1, topic)
-        repetition = (self.recent_topic.gather(1, topic) * 0.3).clamp(max=1.0)  # recent share
+        repetition = self.recent_topic.gather(1, topic).mul_(0.3).clamp_(max=1.0)  # recent share
         g = self.group
         # Effective affinity: the user's interest in the topic minus its satiation this session.
-        eff_aff = aff * w.group_affinity_mult[g][:, None] - SATIATION * repetition
-        logit = (
-            w.video_base_logit[shown]  # population-average response (what the predictors learned)
-            + eff_aff.unsqueeze(-1) * w.coef_affinity
-            + ((w.group_quality_mult[g] - 1)[:, None] * w.video_quality[shown]).unsqueeze(-1) * w.coef_quality
-            + ((w.group_bait_mult[g] - 1)[:, None] * w.video_bait[shown]).unsqueeze(-1) * w.coef_bait
-            + self.propensity.unsqueeze(1)
-            + self.fatigue[:, None, None] * w.coef_fatigue
-            + repetition.unsqueeze(-1) * w.coef_repeat
-        )
+        eff_aff = aff.mul_(w.group_affinity_mult.index_select(0, g)[:, None]).sub_(SATIATION * repetition)
+        # logit = base + affinity + quality + bait + propensity + fatigue + repetition terms, in
+        # this order (each term a rounded product, then added: the same floats as term by term).
+        col = lambda t: t.view(_R, 1)  # noqa: E731
+        logit = torch.mul(eff_aff.view(1, n), col(w.coef_affinity)).add_(base)
+        term = torch.empty(_R, n)
+        q = (w.group_quality_mult.index_select(0, g) - 1)[:, None] * quality.view(b, s)
+        logit.add_(torch.mul(q.view(1, n), col(w.coef_quality), out=term))
+        q = (w.group_bait_mult.index_select(0, g) - 1)[:, None] * bait.view(b, s)
+        logit.add_(torch.mul(q.view(1, n), col(w.coef_bait), out=term))
+        logit3 = logit.view(_R, b, s)
+        logit3.add_(self.propensity.t()[:, :, None])
+        logit3.add_(torch.mul(self.fatigue.view(1, b, 1), w.coef_fatigue.view(_R, 1, 1)))
+        logit.add_(torch.mul(repetition.view(1, n), col(w.coef_repeat), out=term))
         # Whether a long video is watched through depends on who watches it and how tired they
         # are: heavy users finish long videos, casual users do not, and nobody does when tired.
         # The predictors only know the average effect, so the best weight on watch time changes
         # with the user's group and fatigue.
-        taste = w.group_duration[g] - FATIGUE_DURATION * self.fatigue
-        logit[..., _LONG] += w.video_duration_z[shown] * taste[:, None]
-        p = torch.sigmoid(logit)
-        u = torch.rand(b, s, _R + 1, generator=self.rng)
-        p_click = p[..., _CLICK]
-        click = u[..., 0] < p_click
+        taste = w.group_duration.index_select(0, g) - FATIGUE_DURATION * self.fatigue
+        logit3[_LONG].add_(dur_z.view(b, s) * taste[:, None])
+        p = logit.sigmoid_()
+        u = torch.rand(b, s, _R + 1, generator=self.rng).view(n, _R + 1).t()  # (R + 1, B·S) view
+        p_click = p[_CLICK]
+        click = u[0] < p_click
         # Long views are (almost all) clicks: share the click's uniform, as in KuaiRand (99.6 %).
-        long_view = u[..., 0] < torch.minimum(p[..., _LONG], p_click)
-        cond = (p / p_click.clamp(min=1e-6).unsqueeze(-1)).clamp(max=1.0)
-        engaged = click.unsqueeze(-1) & (u[..., :_R] < cond)
-        responses = engaged.float()
-        responses[..., _CLICK] = click.float()
-        responses[..., _LONG] = long_view.float()
-        responses[..., _HATE] = (u[..., _HATE] < p[..., _HATE]).float()  # hate needs no click
-        dur = w.video_duration[shown]
-        frac = torch.where(
-            long_view, 0.7 + 0.3 * u[..., _R],
-            torch.where(click, 0.05 + 0.3 * u[..., _R], torch.full_like(dur, 0.02)),
-        )
-        watch = dur * frac
-        clicked = responses[..., _CLICK]
-        value = torch.cat((
-            (watch / 81.0).unsqueeze(-1), responses, (w.video_bait[shown] * clicked).unsqueeze(-1),
-            (w.video_duration_z[shown] * clicked).unsqueeze(-1),
-        ), dim=-1)
-        sat = (value * w.sat_coef[self.group].unsqueeze(1)).sum(-1).mean(1)
-        return responses, watch, sat, repetition
+        long_view = u[0] < torch.minimum(p[_LONG], p_click)
+        responses = term  # reuse: (R, B·S) 0/1
+        # Engagement (like .. profile_enter, the rows between long view and hate) needs a click:
+        # P(engaged | click) = p / p_click, capped at 1.
+        cond = p[_LONG + 1:_HATE].div(p_click.clamp(min=1e-6)).clamp_(max=1.0)
+        torch.lt(u[_LONG + 1:_HATE], cond, out=responses[_LONG + 1:_HATE])
+        responses[_LONG + 1:_HATE].mul_(click)
+        responses[_CLICK] = click
+        responses[_LONG] = long_view
+        torch.lt(u[_HATE], p[_HATE], out=responses[_HATE])  # hate needs no click
+        u_watch = 0.3 * u[_R]
+        frac = torch.where(long_view, 0.7 + u_watch, torch.where(click, 0.05 + u_watch, 0.02))
+        watch = (dur * frac).view(b, s)
+        clicked = responses[_CLICK]
+        bait_clicks = bait * clicked
+        # Satisfaction: per video, the group's value of each response (watch seconds / 81 s, the
+        # behaviours, click-bait clicks, duration of clicked videos), averaged over the slate. The
+        # products go straight into one (B, S, R + 3) tensor, summed over its last dimension.
+        coef = w.sat_coef.index_select(0, g).unsqueeze(1)  # (B, 1, R + 3)
+        value = torch.empty(b, s, _R + 3)
+        torch.mul(watch / 81.0, coef[..., 0], out=value[..., 0])
+        torch.mul(responses.view(_R, b, s).permute(1, 2, 0), coef[..., 1:_R + 1], out=value[..., 1:_R + 1])
+        torch.mul(bait_clicks.view(b, s), coef[..., _R + 1], out=value[..., _R + 1])
+        torch.mul(dur_z.view(b, s) * clicked.view(b, s), coef[..., _R + 2], out=value[..., _R + 2])
+        sat = value.sum(-1).mean(1)
+        self._scratch()["respond"] = (shown, dur.view(b, s), bait_clicks.view(b, s), topic)
+        return responses.view(_R, b, s).permute(1, 2, 0), watch, sat, repetition
 
     def _update_session(self, shown, responses, watch, sat, repetition) -> None:
         w, s = self.world, self.config.slate_size
-        frac = watch / w.video_duration[shown]
-        per_request = torch.cat((frac.mean(1, keepdim=True), responses.mean(1)), dim=1)
+        b = shown.shape[0]
+        cached = self._scratch().pop("respond", None)
+        if cached is not None and cached[0] is shown:
+            _, dur, bait_clicks, topic = cached
+        else:  # called on its own: look the videos up again
+            dur, topic = w.video_duration[shown], w.video_topic[shown]
+            bait_clicks = w.video_bait[shown] * responses[..., _CLICK]
+        per_request = torch.empty(b, len(RESPONSE_NAMES))
+        torch.mean(watch / dur, 1, out=per_request[:, 0])
+        per_request[:, 1:] = responses.mean(1)
         self.last_response = per_request
         self.session_response += per_request
         self.session_sat += sat
@@ -274,11 +373,13 @@ class RetentionEnv:
         self.depth += 1
         rep = repetition.mean(1)
         self.last_repetition = rep
-        bait_clicks = (w.video_bait[shown] * responses[..., _CLICK]).mean(1)
-        self.fatigue += 0.06 + w.repeat_fatigue[self.group] * rep + 0.6 * bait_clicks
-        self.recent_topic.mul_(0.7).scatter_add_(
-            1, w.video_topic[shown], torch.full(shown.shape, 1.0 / s),
-        )
+        bait_clicks = bait_clicks.mean(1)
+        self.fatigue += 0.06 + w.repeat_fatigue.index_select(0, self.group) * rep + 0.6 * bait_clicks
+        scratch = self._scratch()
+        share = scratch.get(("share", b, s))
+        if share is None:
+            share = scratch[("share", b, s)] = torch.full((b, s), 1.0 / s)
+        self.recent_topic.mul_(0.7).scatter_add_(1, topic, share)
 
     # --- leave module -------------------------------------------------------------------------
     def _leave(self, sat: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
@@ -292,61 +393,135 @@ class RetentionEnv:
 
     # --- return module ------------------------------------------------------------------------
     def _return(self, end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw the return of every user whose session ended; start their next session."""
+        """Draw the return of every user whose session ended; start their next session.
+
+        The random numbers are drawn for everyone (a fixed stream order); the return module is
+        computed only for the users whose session ended (index tensors).
+        """
         c, w, b = self.config, self.world, self.n_users
-        # Draw the randomness for everyone (fixed stream order), use it only where `end`.
         noise = torch.randn(b, generator=self.rng)
         u_reopen = torch.rand(b, generator=self.rng)
         u_day = torch.rand(b, c.return_horizon_days, generator=self.rng)
         u_gap = torch.rand(b, generator=self.rng)
-        depth = self.depth.clamp(min=1)
+        return_day = torch.full((b,), -1, dtype=torch.long)
+        return_time = torch.full((b,), float("nan"))
+        idx = end.nonzero().squeeze(1)
+        if len(idx) == 0:
+            return return_day, return_time
+        g = self.group.index_select(0, idx)
+        habit = self.habit.index_select(0, idx)
+        opens = self.opens_today.index_select(0, idx)
+        depth = self.depth.index_select(0, idx).clamp_(min=1)
         # Session quality: mean satisfaction per request, relative to the group's typical level
         # under the uniform policy (WorldConfig.sat_reference), so groups differ in level only
         # through their base return propensity.
-        quality = self.session_sat / depth - w.sat_reference[self.group]
-        last = self.last_sat - w.sat_reference[self.group]
+        sat_ref = w.sat_reference.index_select(0, g)
+        quality = self.session_sat.index_select(0, idx) / depth - sat_ref
+        last = self.last_sat.index_select(0, idx) - sat_ref
         # Return propensity: activity group + long-term habit + this session's quality + how it
         # ended (peak-end: the last request's satisfaction) + exogenous noise (uncertainty).
         z = (
-            w.group_return[self.group] + 0.8 * self.habit + c.quality_effect * (quality + 0.5 * last)
-            + c.return_noise * noise
+            w.group_return.index_select(0, g) + 0.8 * habit + c.quality_effect * (quality + 0.5 * last)
+            + c.return_noise * noise.index_select(0, idx)
         )
         reopen_logit = (
-            c.reopen_bias + w.group_reopen[self.group] + 0.8 * quality + 0.5 * self.habit
-            - 0.7 * self.opens_today
+            c.reopen_bias + w.group_reopen.index_select(0, g) + 0.8 * quality + 0.5 * habit - 0.7 * opens
         )
-        reopen = (u_reopen < torch.sigmoid(reopen_logit)) & (self.opens_today + 1 < c.max_opens_per_day)
+        reopen = (u_reopen.index_select(0, idx) < torch.sigmoid(reopen_logit)) & (opens + 1 < c.max_opens_per_day)
         # Discrete-time hazard over days 1..H: logit h_d = z + bias_d (not geometric).
         hazard = torch.sigmoid(z[:, None] + w.return_day_bias)
-        hit = u_day < hazard
-        first = torch.where(hit.any(1), hit.float().argmax(1) + 1, torch.full_like(self.day, c.return_horizon_days))
-        return_day = torch.where(reopen, torch.zeros_like(first), first)
-        return_time = torch.where(reopen, 0.04 + 0.36 * u_gap, first.float())
-        return_day = torch.where(end, return_day, torch.full_like(return_day, -1))
-        return_time = torch.where(end, return_time, torch.full_like(return_time, float("nan")))
-        if bool(end.any()):
-            self._end_sessions(end, reopen, first, return_time, quality)
+        hit = u_day.index_select(0, idx) < hazard
+        first = torch.where(hit.any(1), hit.float().argmax(1) + 1, c.return_horizon_days)
+        return_day[idx] = torch.where(reopen, 0, first)
+        time_ended = torch.where(reopen, 0.04 + 0.36 * u_gap.index_select(0, idx), first.float())
+        return_time[idx] = time_ended
+        self._end_sessions(idx, reopen, first, time_ended, quality)
         return return_day, return_time
 
-    def _end_sessions(self, end, reopen, first, return_time, quality) -> None:
+    def _end_sessions(self, idx, reopen, first, return_time, quality) -> None:
+        """Update the long-term state of the users ``idx`` whose session ended (``reopen``,
+        ``first``, ``return_time`` and ``quality`` are theirs) and start their next session."""
         w = self.world
-        long_view_rate = self.session_response[:, 1 + _LONG] / self.depth.clamp(min=1)
+        depth = self.depth.index_select(0, idx)
+        long_view_rate = self.session_response[idx, 1 + _LONG] / depth.clamp(min=1)
         # Long-term habit: drifts towards the group level, pulled up by good sessions and by
         # follows (relationships that outlast the session); this is why γ > 0 pays.
-        target = w.group_habit[self.group] + 0.6 * quality
-        new_habit = 0.85 * self.habit + 0.15 * target + 0.25 * self.session_follows.clamp(max=3)
-        self.habit = torch.where(end, new_habit.clamp(-3, 3), self.habit)
-        ema = lambda old, new: torch.where(end, 0.7 * old + 0.3 * new, old)  # noqa: E731
-        self.ema_return_time = ema(self.ema_return_time, torch.nan_to_num(return_time))
-        self.ema_depth = ema(self.ema_depth, self.depth)
+        target = w.group_habit.index_select(0, self.group.index_select(0, idx)) + 0.6 * quality
+        habit = self.habit.index_select(0, idx)
+        new_habit = 0.85 * habit + 0.15 * target + 0.25 * self.session_follows.index_select(0, idx).clamp(max=3)
+        # The long-term fields get new tensors (as before: a caller may hold the old ones).
+        put = lambda old, new: old.index_put((idx,), new)  # noqa: E731
+        ema = lambda old, new: put(old, 0.7 * old.index_select(0, idx) + 0.3 * new)  # noqa: E731
+        self.habit = put(self.habit, new_habit.clamp(-3, 3))
+        self.ema_return_time = ema(self.ema_return_time, return_time)
+        self.ema_depth = ema(self.ema_depth, depth)
         self.ema_quality = ema(self.ema_quality, long_view_rate)
-        self.last_return_time = torch.where(end, torch.nan_to_num(return_time), self.last_return_time)
-        self.n_sessions += end.float()
-        same_day = end & reopen
-        new_day = end & ~reopen
-        self.opens_today = torch.where(same_day, self.opens_today + 1, torch.where(new_day, 0.0, self.opens_today))
-        self.day = torch.where(new_day, self.day + first, self.day)
-        self._start_sessions(end, fresh_day=new_day)
+        self.last_return_time = put(self.last_return_time, return_time)
+        self.n_sessions.index_add_(0, idx, torch.ones(len(idx)))
+        opens = self.opens_today.index_select(0, idx)
+        self.opens_today = put(self.opens_today, torch.where(reopen, opens + 1, 0.0))
+        day = self.day.index_select(0, idx)
+        self.day = put(self.day, torch.where(reopen, day, day + first))
+        # Start the next session (what _start_sessions does, for index tensors): a same-day
+        # reopen keeps half the fatigue and of the recent topics, a new day starts afresh.
+        keep = torch.where(reopen, 0.5, 0.0)
+        self.depth.index_fill_(0, idx, 0)
+        self.fatigue.index_put_((idx,), self.fatigue.index_select(0, idx) * keep)
+        self.recent_topic.index_put_((idx,), self.recent_topic.index_select(0, idx) * keep[:, None])
+        for name in ("session_response", "session_sat", "session_follows", "last_response", "last_repetition"):
+            getattr(self, name).index_fill_(0, idx, 0)
+
+
+class _RankBuffers:
+    """Buffers of the candidate stage for ``n`` users (and scores for ``group`` users), with the
+    views the chunk loop uses, made once."""
+
+    def __init__(self, n: int, group: int, n_cand: int, k1: int) -> None:
+        self.rows = torch.empty(k1 + 1, n, dtype=torch.long)  # rows of the window table to copy
+        inputs = torch.empty(k1 + 1, n, n_cand)  # the k-1 prediction logits, then the duration
+        self.inputs_2d = inputs.view(-1, n_cand)
+        self.logits, self.duration = inputs[:k1], inputs[k1]
+        self.topic = torch.empty(n, n_cand, dtype=torch.long)
+        self.aff = torch.empty(n, n_cand)
+        self.score = torch.empty(group, n_cand)
+
+
+@functools.lru_cache(maxsize=64)
+def _block_layout(n: int, k: int) -> int:
+    """Number of blocks for :func:`_top_positions` on rows of ``n`` (0: rank the rows directly)."""
+    best, best_cost = 0, 0.6 * n  # below this much work the plain top-k wins
+    for blocks in range(k + 1, n):
+        cost = blocks + (k + 1) * (n // blocks)  # entries the two top-k passes look at
+        if n % blocks == 0 and cost < best_cost:
+            best, best_cost = blocks, cost
+    return best
+
+
+def _top_positions(score: torch.Tensor, k: int) -> torch.Tensor:
+    """``score.topk(k, dim=1).indices`` (best first), found with two top-k passes over fewer entries.
+
+    The columns are split into interleaved blocks (block r holds columns r, r + blocks, …). The
+    k + 1 best entries of a row lie in the k + 1 blocks with the highest maxima (the j-th best
+    entry has at most j - 1 greater ones, so at most j - 1 blocks have a greater maximum), so it
+    is enough to rank the block maxima, then the entries of the k + 1 best blocks. Where the
+    k + 1 best values of a row are distinct, its top k (set and order) is unique, so this is
+    exactly what ``topk`` gives. Rows with a tie among them (e.g. all weights 0: every score
+    is 0) are ranked again by ``topk`` itself, whose choice among equal values we keep.
+    """
+    m, n = score.shape
+    blocks = _block_layout(n, k)
+    if blocks == 0:
+        return score.topk(k, dim=1).indices
+    size = n // blocks
+    best_blocks = score.view(m, size, blocks).amax(1).topk(k + 1, dim=1, sorted=False).indices
+    cols = (best_blocks.unsqueeze(-1) + torch.arange(0, n, blocks)).view(m, (k + 1) * size)
+    values, order = score.gather(1, cols).topk(k + 1, dim=1)
+    top = cols.gather(1, order[:, :k])
+    tied = (values[:, 1:] == values[:, :-1]).any(1)
+    if bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)
+        top[rows] = score.index_select(0, rows).topk(k, dim=1).indices
+    return top
 
 
 def _env_state_names(env: RetentionEnv) -> list[str]:

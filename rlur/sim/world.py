@@ -247,6 +247,17 @@ class World:
         self.scored_behaviours = torch.tensor([BEHAVIOURS.index(n) for n in SCORE_NAMES[1:]])
         self.video_pred_logit_scored = self.video_pred_logit[:, self.scored_behaviours].contiguous()
         self.coef_affinity_scored = self.coef_affinity[self.scored_behaviours].contiguous()
+        # Derived layouts for the simulator's hot path (copies of the tables above, nothing drawn).
+        # Score-major ("structure of arrays"): row l holds one quantity for every video, so one op
+        # covers a whole (quantity, users × videos) block with unit stride instead of broadcasting
+        # along a short last dimension.
+        self.pred_scored_t = self.video_pred_logit_scored.t().contiguous()  # (k-1, N)
+        #: Per-video rows used by the immediate-feedback module: the R base logits, then quality,
+        #: click-bait, duration z-score and duration (seconds).
+        self.video_response_t = torch.cat((
+            self.video_base_logit.t(), self.video_quality[None], self.video_bait[None],
+            self.video_duration_z[None], self.video_duration[None],
+        )).contiguous()  # (R + 4, N)
         # Hazard offsets for return days 1..H: day 1, day 2, then a flat tail (KuaiRand's shape:
         # a sharp day-1 mass, then successive-day ratios rising to ≈ 0.65; not geometric).
         h = c.return_horizon_days
@@ -272,21 +283,40 @@ class World:
         watch = self.video_duration[video] * (0.08 + 0.85 * p[..., 1])
         return torch.cat((watch.unsqueeze(-1), p), dim=-1)
 
-    def fused_scores(self, video: torch.Tensor, affinity: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def fused_scores(
+        self, video: torch.Tensor | None, affinity: torch.Tensor, weights: torch.Tensor, *,
+        logits: torch.Tensor | None = None, duration: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``Σ_l w_l x_{j,l}`` for ``video (b, C)``, ``affinity (b, C)``, ``weights (b, k)`` → ``(b, C)``.
 
         Same result as ``fusion_scores(weights, predicted_scores(video, affinity))`` without
-        materialising more than one ``(b, C, k-1)`` temporary: the hot path of the simulator.
+        materialising the ``(b, C, k)`` scores: the hot path of the simulator. The k-1 probability
+        scores are computed score-major, ``(k-1, b, C)``, so every op runs with unit stride. The sum
+        takes the probability scores in SCORE_NAMES order, then the watch-time score, each with a
+        fused multiply-add: the same floats as ``bmm`` over the probabilities plus ``addcmul``.
+
+        The simulator passes the inputs already gathered (from its candidate windows) to reuse
+        memory: ``logits (k-1, b, C)``, the rows of ``pred_scored_t`` for the videos (overwritten),
+        and ``duration (b, C)``; ``video`` is then not used. ``out`` receives the scores.
         """
-        b, c = video.shape
-        flat = video.reshape(-1)
-        p = self.video_pred_logit_scored.index_select(0, flat).view(b, c, -1)
-        p.addcmul_(affinity.unsqueeze(-1), self.coef_affinity_scored).sigmoid_()
-        score = torch.bmm(p, weights[:, 1:].unsqueeze(-1)).squeeze(-1)
-        dur = self.video_duration.index_select(0, flat).view(b, c)
+        b, c = affinity.shape
+        k1 = self.pred_scored_t.shape[0]
+        if logits is None or duration is None:
+            flat = video.reshape(-1)
+            logits = torch.index_select(self.pred_scored_t, 1, flat).view(k1, b, c)
+            duration = self.video_duration.index_select(0, flat).view(b, c)
+        p = logits
+        # p_l = sigmoid(pred_logit_l + affinity · coef_l)   (addcmul is a fused multiply-add)
+        p.addcmul_(affinity, self.coef_affinity_scored.view(k1, 1, 1)).sigmoid_()
+        p = p.unbind(0)
+        w = weights.t().unsqueeze(-1).unbind(0)  # k columns (b, 1)
+        score = torch.mul(p[0], w[1], out=out)
+        for j in range(1, k1):
+            score.addcmul_(p[j], w[j + 1])
         # watch-time score = duration · (0.08 + 0.85 · p_long_view), weighted by w_watch
-        score.addcmul_(dur * (0.08 + 0.85 * p[..., 1]), weights[:, :1])
-        return score
+        watch = p[1].mul_(0.85).add_(0.08).mul_(duration)  # p_long_view is not needed any more
+        return score.addcmul_(watch, w[0])
 
     def _score_reference(self, g: torch.Generator) -> torch.Tensor:
         users = self.sample_users(512, seed=-1)

@@ -85,9 +85,8 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
     except TypeError as err:
         raise CliError(f"bad configuration: {err}") from None
     rl = cfg.rlur
-    if cfg.algo == "rlur-naive":  # the retention critic alone (the paper's naive rows)
-        rl = dataclasses.replace(rl, immediate=False, rnd=False, normalise=False, groups=False, soft_reg=False,
-                                 gamma=0.9)
+    if cfg.algo == "rlur-naive":  # the paper's naive rows; the components are switched off in make_learner
+        rl = dataclasses.replace(rl, gamma=0.9)
     if args.gamma is not None:
         if not 0.0 <= args.gamma < 1.0:
             raise CliError(f"--gamma must be in [0, 1), got {args.gamma}")

@@ -16,6 +16,7 @@ Run directory:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -195,10 +196,17 @@ class FixedLearner:
         pass
 
 
+def rlur_config(cfg: TrainConfig) -> RLURConfig:
+    """The RLUR configuration a run uses: RLUR-naive is the retention critic alone (paper Table 1)."""
+    if cfg.algo == "rlur-naive":
+        return dataclasses.replace(cfg.rlur, immediate=False, rnd=False, normalise=False, groups=False, soft_reg=False)
+    return cfg.rlur
+
+
 def make_learner(cfg: TrainConfig, env: RetentionEnv):
     obs_dim, k, g = env.obs_dim, env.k, env.world.n_groups
     if cfg.algo in ("rlur", "rlur-naive"):
-        return OffPolicyLearner(RLURAgent(obs_dim, k, g, cfg.rlur), cfg, obs_dim, k)
+        return OffPolicyLearner(RLURAgent(obs_dim, k, g, rlur_config(cfg)), cfg, obs_dim, k)
     if cfg.algo == "td3":
         return OffPolicyLearner(TD3Agent(obs_dim, k, g, cfg.td3), cfg, obs_dim, k)
     if cfg.algo == "cem":
