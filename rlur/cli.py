@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["CliError", "check_writable", "main", "non_negative_int", "positive_int"]
+__all__ = ["CliError", "check_writable", "main", "non_negative_int", "positive_float", "positive_int"]
 
 #: Modules that each define ``register(subparsers)``; their order is the order in ``rlur --help``.
 COMMAND_MODULES = (
@@ -48,6 +48,17 @@ def non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
 
 

@@ -17,19 +17,9 @@ import argparse
 import json
 import sys
 
-from rlur.cli import check_writable, non_negative_int, positive_int
+from rlur.cli import check_writable, non_negative_int, positive_float, positive_int
 
 __all__ = ["main", "register"]
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
-    return v
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--no-verify", action="store_true", help="skip the checksum and member-size checks")
     d.add_argument("--force", action="store_true", help="download and unpack again even if already present")
     d.add_argument("--remove-archive", action="store_true", help="delete the .tar.gz after unpacking")
-    d.add_argument("--timeout", type=_positive_float, default=60.0, help="network timeout in seconds (default 60)")
+    d.add_argument("--timeout", type=positive_float, default=60.0, help="network timeout in seconds (default 60)")
     d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     d.set_defaults(func=run_download)
 
@@ -59,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--features-only", action="store_true", help="check only the user and video feature files")
     c.add_argument("--include-random", action="store_true", help="also read the random-exposure log")
     c.add_argument("--drop-duplicates", action="store_true", help="drop duplicate impressions instead of failing")
-    c.add_argument("--session-gap-hours", type=_positive_float, default=None,
+    c.add_argument("--session-gap-hours", type=positive_float, default=None,
                    help="split sessions at inactivity gaps longer than this (default: a session is a user-day)")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=run_check)
@@ -69,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "write WORLD/world.pt, WORLD/world.json and WORLD/fit_report.md.")
     f.add_argument("--kuairand", required=True, help="KuaiRand-Pure folder (with data/ inside) or data/ itself")
     f.add_argument("--out", required=True, help="output folder WORLD")
-    f.add_argument("--session-gap-hours", type=_positive_float, default=None,
+    f.add_argument("--session-gap-hours", type=positive_float, default=None,
                    help="split sessions at inactivity gaps longer than this (default: a session is a user-day)")
     f.add_argument("--max-rows", type=positive_int, default=None,
                    help="use a random subset of users holding at most this many log rows")

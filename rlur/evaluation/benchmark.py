@@ -8,7 +8,6 @@ reports mean ± 95 % t-interval over seeds and a paired t-test of RLUR against e
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -224,6 +223,3 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True) 
     plot_learning_curves(result, out / "learning_curves.png")
     return result
 
-
-def load_results(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())

@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from rlur.cli import CliError, check_writable, positive_int
+from rlur.cli import CliError, check_writable, positive_float, positive_int
 
 __all__ = ["register", "run_export", "run_serve"]
 
@@ -19,16 +19,6 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port number in 0..65535, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
 
 
@@ -47,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add("--no-log", action="store_true", help="do not write a request log")
     add("--log-candidates", action="store_true", help="also log every request's candidate ids")
     add("--watch", action="store_true", help="reload when the checkpoint file changes (polls its mtime)")
-    add("--watch-interval", type=_positive_float, default=2.0, metavar="S",
+    add("--watch-interval", type=positive_float, default=2.0, metavar="S",
         help="seconds between checkpoint polls with --watch (default: 2)")
     add("--max-candidates", type=positive_int, default=1000, help="most candidates per request (1000)")
     add("--max-batch", type=positive_int, default=1024, help="most requests per /v1/rank:batch (1024)")

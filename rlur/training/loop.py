@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -370,6 +369,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
     with path.open("w", newline="") as f:
         csv.writer(f).writerows(kept)
 
-
-def load_config(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
