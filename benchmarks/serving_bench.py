@@ -12,7 +12,7 @@ Reported per request body form (``objects``: a JSON object per candidate with na
 * an in-process breakdown (µs per request) of JSON decoding + validation and of the ranker, measured
   before the server starts: what dominates the server's cost.
 
-Usage: ``python benchmarks/serving_bench.py [--candidates 200] [--duration 3] [--out bench.json]``.
+Usage: ``python benchmarks/serving_bench.py [--candidates 200] [--duration 3] [--workers 1] [--out bench.json]``.
 """
 
 from __future__ import annotations
@@ -202,6 +202,7 @@ def main() -> int:
     ap.add_argument("--forms", default=",".join(FORMS))
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--batch-concurrency", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1, help="server worker processes (rlur serve --workers)")
     ap.add_argument("--out", help="write the results as JSON")
     args = ap.parse_args()
     forms = args.forms.split(",")
@@ -209,7 +210,7 @@ def main() -> int:
 
     result: dict[str, Any] = {
         "candidates": args.candidates, "k": 8, "cpus": os.cpu_count(), "duration_s": args.duration,
-        "load_avg_before": os.getloadavg(),
+        "load_avg_before": os.getloadavg(), "workers": args.workers,
     }
     print("in-process breakdown (µs per request) ...", flush=True)
     result["breakdown"] = breakdown(args.candidates, args.batch_size)
@@ -222,7 +223,7 @@ def main() -> int:
         if not args.checkpoint:
             write_demo_checkpoint(ckpt)
         port = free_port()
-        proc = start_server(ckpt, port, Path(tmp) / "requests.sqlite")
+        proc = start_server(ckpt, port, Path(tmp) / "requests.sqlite", ["--workers", str(args.workers)])
         try:
             result["rank"] = []
             for form in forms:

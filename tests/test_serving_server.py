@@ -127,6 +127,61 @@ def test_uvicorn_server_under_load_with_reloads(tmp_path: Path) -> None:
     assert Counter(logged["versions"][i] for i in logged["version"].tolist()) == versions + Counter({"v1": 1})
 
 
+
+def test_several_workers_share_the_port_the_log_and_reloads(tmp_path: Path) -> None:
+    """``--workers 2``: every ranked request is logged once in the shared SQLite log, and a rewritten
+    checkpoint reaches every worker through the watch (``/admin/reload`` would reach only one)."""
+    write_demo_checkpoint(tmp_path, seed=0, version="v1")
+    port, log = free_port(), tmp_path / "requests.sqlite"
+    proc = serve("--checkpoint", str(tmp_path), "--port", str(port), "--log", str(log), "--workers", "2",
+                 "--watch-interval", "0.2")
+    rng = np.random.default_rng(3)
+    batch = json.dumps({"requests": [random_request(rng, 200, form="hex") for _ in range(32)]})
+    ranked: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def load(seconds: float) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        stop = time.monotonic() + seconds
+        while time.monotonic() < stop:
+            conn.request("POST", "/v1/rank:batch", body=batch, headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            payload = json.loads(r.read())
+            assert r.status == 200, payload
+            with lock:
+                ranked.update(x["policy_version"] for x in payload["results"])
+        conn.close()
+
+    try:
+        wait_ready(proc, port)
+        threads = [threading.Thread(target=load, args=(1.5,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        write_demo_checkpoint(tmp_path, seed=1, version="v2")
+        time.sleep(1.5)  # several watch intervals: both workers have swapped
+        before = ranked["v2"]
+        threads = [threading.Thread(target=load, args=(1.0,)) for _ in range(4)]  # new connections
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert ranked["v2"] > before and set(ranked) == {"v1", "v2"}
+        with lock:
+            v1_total = ranked["v1"]
+        load(0.5)
+        assert ranked["v1"] == v1_total  # nothing served by the old policy any more, whichever worker answers
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    logged = read_request_log(log)
+    assert len(logged["request_id"]) == sum(ranked.values())
+    assert len(set(logged["request_id"])) == sum(ranked.values())
+    assert Counter(logged["versions"][i] for i in logged["version"].tolist()) == ranked
+
+
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """Run ``python -m rlur.serving …`` in-process; returns (exit code, stderr)."""
     try:
@@ -151,6 +206,9 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 2 and "cannot listen on 127.0.0.1" in err
     code, err = cli(["serve", "--checkpoint", str(tmp_path), "--log", str(tmp_path)], capsys)
     assert code == 2 and "is a directory" in err
+    code, err = cli(["serve", "--checkpoint", str(tmp_path), "--log", str(tmp_path / "r.jsonl"), "--workers", "2"],
+                    capsys)
+    assert code == 2 and "needs a SQLite request log" in err
 
 
 @pytest.mark.parametrize("argv", [["--port", "70000"], ["--max-candidates", "0"], ["--watch-interval", "-1"]])

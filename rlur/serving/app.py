@@ -19,7 +19,9 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
+import json
 import logging
 import os
 import time
@@ -54,7 +56,7 @@ from rlur.serving.schemas import (
     ValidationErrorResponse,
 )
 
-__all__ = ["ServerState", "ServingConfig", "create_app"]
+__all__ = ["ServerState", "ServingConfig", "app_from_env", "config_to_env", "create_app"]
 
 log = logging.getLogger("rlur.serving")
 
@@ -80,6 +82,7 @@ class ServingConfig:
     watch_interval: float = 2.0
     admin_token: str | None = None
     seed: int | None = None
+    workers: int = 1
 
     @property
     def checkpoint_file(self) -> Path:
@@ -110,6 +113,8 @@ class ServerState:
         self.generator = torch.Generator()
         if config.seed is None:
             self.generator.seed()
+        elif config.workers > 1:  # each worker process its own noise stream (per-request seeds stay exact)
+            self.generator.manual_seed(hash((config.seed, os.getpid())) % 2**63)
         else:
             self.generator.manual_seed(config.seed)
         self.ranker: Ranker | None = None
@@ -356,6 +361,26 @@ def _add_routes(app: FastAPI) -> None:
             409: {"model": MessageResponse, "description": "The checkpoint failed to load; old policy kept"},
         },
     )
+
+
+#: Environment variable through which ``rlur serve --workers N`` hands its config to each worker process.
+CONFIG_ENV = "RLUR_SERVE_CONFIG"
+
+
+def config_to_env(config: ServingConfig, torch_threads: int = 1) -> str:
+    """``config`` (and the workers' torch thread count) as the JSON text :func:`app_from_env` reads."""
+    d = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
+    return json.dumps({"config": d, "torch_threads": torch_threads})
+
+
+def app_from_env() -> FastAPI:
+    """The app factory uvicorn's worker processes call (``rlur.serving.app:app_from_env``)."""
+    text = os.environ.get(CONFIG_ENV)
+    if not text:
+        raise RuntimeError(f"{CONFIG_ENV} is not set: start workers with `rlur serve --workers N`")
+    payload = json.loads(text)
+    torch.set_num_threads(payload["torch_threads"])
+    return create_app(ServingConfig(**payload["config"]))
 
 
 def create_app(config: ServingConfig) -> FastAPI:

@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add("--admin-token", default=os.environ.get("RLUR_ADMIN_TOKEN"),
         help="require this X-Admin-Token on POST /admin/reload (default: $RLUR_ADMIN_TOKEN, else none)")
     add("--seed", type=int, help="seed of the server's action noise for unseeded requests")
+    add("--workers", type=positive_int, default=1,
+        help="server processes sharing the port (default: 1). With more than one, each worker watches "
+        "the checkpoint (as --watch) and appends to the same SQLite request log; see docs/serving.md")
     add("--torch-threads", type=positive_int, default=1,
         help="torch intra-op threads (default: 1; requests are small, threads only add overhead)")
     add("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
@@ -76,7 +79,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from rlur.serving.app import ServingConfig, create_app
+    from rlur.serving.app import CONFIG_ENV, ServingConfig, config_to_env, create_app
     from rlur.serving.ranker import Ranker
 
     _checkpoint(args.checkpoint)
@@ -84,11 +87,15 @@ def run_serve(args: argparse.Namespace) -> int:
     config = ServingConfig(
         checkpoint=args.checkpoint, log_path=args.log, request_log=not args.no_log,
         log_candidates=args.log_candidates, max_candidates=args.max_candidates, max_batch=args.max_batch,
-        watch=args.watch, watch_interval=args.watch_interval, admin_token=args.admin_token, seed=args.seed,
+        # Several workers: /admin/reload reaches one of them, so every worker also watches the file.
+        watch=args.watch or args.workers > 1, watch_interval=args.watch_interval, admin_token=args.admin_token,
+        seed=args.seed, workers=args.workers,
     )
     log_path = config.resolved_log_path()
     if log_path is not None:
         check_writable(log_path)
+        if args.workers > 1 and log_path.suffix == ".jsonl":
+            raise CliError("--workers > 1 needs a SQLite request log (several processes cannot share a .jsonl)")
     if args.port:
         with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as s:
             try:
@@ -96,11 +103,36 @@ def run_serve(args: argparse.Namespace) -> int:
             except OSError as err:
                 raise CliError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
     torch.set_num_threads(args.torch_threads)
-    uvicorn.run(
-        create_app(config), host=args.host, port=args.port, log_level=args.log_level,
-        access_log=args.access_log, timeout_graceful_shutdown=30,
-    )
+    common = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                  timeout_graceful_shutdown=30)
+    if args.workers == 1:
+        uvicorn.run(create_app(config), **common)
+    else:  # uvicorn's process supervisor: each worker builds its app from the config in the environment
+        os.environ[CONFIG_ENV] = config_to_env(config, args.torch_threads)
+        _run_workers(uvicorn.Config("rlur.serving.app:app_from_env", factory=True, workers=args.workers, **common))
     return 0
+
+
+def _run_workers(config) -> None:
+    """What ``uvicorn.run(..., workers=N)`` does, but with the listening socket created as
+    ``IPPROTO_TCP``: uvicorn's own leaves ``proto`` at 0, so asyncio never sets ``TCP_NODELAY`` on the
+    accepted connections and every keep-alive request after the first waits ~40 ms on a delayed ACK
+    (uvicorn issue #3149)."""
+    import inspect
+
+    from uvicorn import Server
+    from uvicorn.supervisors import Multiprocess
+
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    sock.set_inheritable(True)
+    extra = {"target": Server(config).run} if "target" in inspect.signature(Multiprocess).parameters else {}
+    try:
+        Multiprocess(config, sockets=[sock], **extra).run()
+    except KeyboardInterrupt:
+        pass
 
 
 def run_export(args: argparse.Namespace) -> int:
