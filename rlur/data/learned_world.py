@@ -33,7 +33,7 @@ import torch
 
 from rlur.data.features import EncodedTable, TableEncoding
 from rlur.data.models import FEEDBACK_OUTPUTS, build_model, context_features
-from rlur.sim.env import OBS_DIM, RESPONSE_NAMES, RetentionEnv, StepResult
+from rlur.sim.env import RESPONSE_NAMES, RetentionEnv, StepResult
 from rlur.sim.ranking import action_to_weights
 from rlur.sim.world import BEHAVIOURS, GROUP_OF_ACTIVE_DEGREE, GROUPS, SCORE_NAMES, World, WorldConfig
 
@@ -261,19 +261,10 @@ class LearnedRetentionEnv(RetentionEnv):
 
     def __init__(self, world: LearnedWorld | str | os.PathLike, n_users: int = 1024, seed: int = 0,
                  chunk_size: int = 256, ranking: str = "fusion") -> None:
-        if n_users <= 0:
-            raise ValueError(f"n_users must be positive, got {n_users}")
         if ranking not in ("fusion", "logged"):
             raise ValueError(f"ranking must be 'fusion' or 'logged', got {ranking!r}")
-        self.world = world if isinstance(world, LearnedWorld) else load_world(world)
-        self.config = self.world.config
-        self.n_users = n_users
-        self.chunk_size = chunk_size
-        self.seed = seed
         self.ranking = ranking
-        self.k = len(SCORE_NAMES)
-        self.obs_dim = OBS_DIM
-        self._score_ref_inv = 1.0 / self.world.score_ref
+        self._bind(world if isinstance(world, LearnedWorld) else load_world(world), n_users, seed, chunk_size)
         self.reset(seed)
 
     # ------------------------------------------------------------------------------------------

@@ -94,17 +94,21 @@ class RetentionEnv:
         self, world: World | WorldConfig | None = None, n_users: int = 1024, seed: int = 0,
         chunk_size: int = 512,
     ) -> None:
+        self._bind(world if isinstance(world, World) else World(world), n_users, seed, chunk_size)
+        self.reset(seed)
+
+    def _bind(self, world, n_users: int, seed: int, chunk_size: int) -> None:
+        """Attach ``world`` and the batch geometry (shared by every world's environment)."""
         if n_users <= 0:
             raise ValueError(f"n_users must be positive, got {n_users}")
-        self.world = world if isinstance(world, World) else World(world)
-        self.config = self.world.config
+        self.world = world
+        self.config = world.config
         self.n_users = n_users
         self.chunk_size = chunk_size
         self.seed = seed
         self.k = len(SCORE_NAMES)
         self.obs_dim = OBS_DIM
-        self._score_ref_inv = 1.0 / self.world.score_ref
-        self.reset(seed)
+        self._score_ref_inv = 1.0 / world.score_ref
 
     # ------------------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> torch.Tensor:
