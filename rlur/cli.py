@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "rlur.abtest.commands",
     "rlur.serving.commands",
     "rlur.data.commands",
+    "rlur.live.commands",
 )
 
 
@@ -51,15 +52,24 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
+def _number(text: str, ok, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(value):  # NaN fails every bound
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    return _number(text, lambda v: v > 0, "a positive number")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a number ≥ 0."""
+    return _number(text, lambda v: v >= 0, "a non-negative number")
 
 
 def check_writable(path: str | Path, directory: bool = False) -> Path:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from rlur.cli import CliError, check_writable, positive_int
+from rlur.distributed.backend import add_backend_args, check_backend_args
 
 __all__ = ["build_config", "register", "run"]
 
@@ -37,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aa", action="store_true", help="A/A test: both arms run the control policy")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--no-progress", action="store_true")
+    add_backend_args(p, "one environment in this process")
+    p.add_argument("--shards", type=positive_int, default=None,
+                   help="simulate each arm's users in fixed-size blocks, each seeded from (seed, arm, block), on N "
+                        "workers (default with --backend ray: the cluster's CPUs); the report does not depend on N")
+    p.add_argument("--block-users", type=positive_int, default=None,
+                   help="users per block with --shards or --backend ray (default 1024)")
     p.set_defaults(func=run)
 
 
@@ -74,13 +81,31 @@ def run(args: argparse.Namespace) -> int:
     from rlur.abtest.experiment import run_experiment
     from rlur.abtest.report import report_markdown, write_report
 
+    check_backend_args(args)
     cfg = build_config(args)
     out = check_writable(args.out, directory=True)
     try:
-        result = run_experiment(cfg, progress=not args.no_progress)
+        if args.shards is None and args.block_users is None and args.backend == "local":
+            result = run_experiment(cfg, progress=not args.no_progress)
+        else:
+            result = _run_sharded(args, cfg)
     except ValueError as err:  # e.g. --online on a run without resume.pt
         raise CliError(str(err)) from None
     report = write_report(result, out)
     print(report_markdown(report))
     print(f"wrote {out}/report.json, report.md, daily.png")
     return 0
+
+
+def _run_sharded(args: argparse.Namespace, cfg):
+    """Arms and their user shards as blocks (``rlur.distributed.abtest``), here or on Ray actors."""
+    from rlur.distributed.abtest import run_sharded_experiment
+    from rlur.distributed.blocks import DEFAULT_BLOCK_USERS
+
+    kw = dict(block_users=args.block_users or DEFAULT_BLOCK_USERS, progress=not args.no_progress)
+    if args.backend == "local":
+        return run_sharded_experiment(cfg, shards=args.shards or 1, backend="local", **kw)
+    from rlur.distributed.backend import cluster_cpus, ray_session
+
+    with ray_session(args.ray_address, args.ray_cpus):
+        return run_sharded_experiment(cfg, shards=args.shards or cluster_cpus(), backend="ray", **kw)

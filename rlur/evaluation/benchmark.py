@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,32 +190,63 @@ def plot_learning_curves(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Train every (row, seed), evaluate, and write results.json, results.md, learning_curves.png."""
+def _run_local(jobs: list[tuple[str, int]], cfg: BenchmarkConfig, out: str, workers: int) -> Iterator[dict]:
+    """The local backend: in this process (one worker) or a process pool; results as they finish."""
+    if workers == 1:
+        for row, seed in jobs:
+            yield _train_one(row, seed, cfg, out)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(_train_one, row, seed, cfg, out): (row, seed) for row, seed in jobs}
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True, backend: str = "local",
+                  crash_marker: str | None = None) -> dict[str, Any]:
+    """Train every (row, seed), evaluate, and write results.json, results.md, learning_curves.png.
+
+    ``backend="ray"`` runs each (row, seed) as a Ray task on the connected cluster
+    (:mod:`rlur.distributed.grid`; ``crash_marker`` is its fault-injection test hook); the per-seed
+    numbers are the local backend's. Runs that fail are reported together at the end, after the
+    others have finished (their run directories are kept, so a rerun only trains the failed ones).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unknown = [r for r in cfg.rows if r not in ROWS]
     if unknown:
         raise ValueError(f"unknown benchmark rows {unknown}; choose from {', '.join(ROWS)}")
     jobs = [(row, seed) for row in cfg.rows for seed in range(cfg.seeds)]
-    workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
+    if backend == "ray":
+        from rlur.distributed.backend import cluster_cpus
+        from rlur.distributed.grid import run_grid
+
+        workers = min(cluster_cpus(), len(jobs))
+        results: Iterator[Any] = run_grid(jobs, cfg, str(out), crash_marker=crash_marker)
+    elif backend == "local":
+        workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
+        results = _run_local(jobs, cfg, str(out), workers)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
     start = time.perf_counter()
     per_seed: dict[str, list[dict]] = {row: [] for row in cfg.rows}
-    bar = tqdm(total=len(jobs), desc="benchmark runs", unit="run", disable=not progress)
-    if workers == 1:
-        for row, seed in jobs:
-            per_seed[row].append(_train_one(row, seed, cfg, str(out)))
+    failed: list[Any] = []
+    with tqdm(total=len(jobs), desc="benchmark runs", unit="run", disable=not progress) as bar:
+        for res in results:
             bar.update(1)
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_train_one, row, seed, cfg, str(out)): (row, seed) for row, seed in jobs}
-            for fut in as_completed(futures):
-                res = fut.result()
-                per_seed[res["row"]].append(res)
-                bar.update(1)
-                bar.set_postfix_str(f"{res['row']} s{res['seed']}: {res['metrics']['avg_return_day']:.3f}")
-    bar.close()
-    result = {"config": dataclasses.asdict(cfg), "workers": workers, "seconds": time.perf_counter() - start,
+            if not isinstance(res, dict):  # a RunFailure of the Ray backend
+                failed.append(res)
+                continue
+            per_seed[res["row"]].append(res)
+            bar.set_postfix_str(f"{res['row']} s{res['seed']}: {res['metrics']['avg_return_day']:.3f}")
+    if failed:
+        from rlur.cli import CliError
+
+        reasons = "; ".join(f"{f.row} seed {f.seed}: {f.error}" for f in failed)
+        raise CliError(f"{len(failed)} of {len(jobs)} benchmark runs failed ({reasons}); the finished runs are "
+                       f"kept under {out / 'runs'}, so the same command again trains only the failed ones")
+    result = {"config": dataclasses.asdict(cfg), "workers": workers, "backend": backend,
+              "seconds": time.perf_counter() - start,
               "per_seed": {row: sorted((r["seed"], r["metrics"]) for r in runs) for row, runs in per_seed.items()},
               **summarise(per_seed, cfg)}
     result["per_seed"] = {row: [{"seed": s, **m} for s, m in runs] for row, runs in result["per_seed"].items()}
@@ -222,4 +254,3 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True) 
     (out / "results.md").write_text(results_markdown(result))
     plot_learning_curves(result, out / "learning_curves.png")
     return result
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rlur.cli import CliError, check_writable, positive_int
+from rlur.distributed.backend import add_backend_args, check_backend_args
 from rlur.evaluation.benchmark import ROWS, BenchmarkConfig, results_markdown, run_benchmark
 
 __all__ = ["register"]
@@ -26,10 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="batched steps per run (same for every row)")
     p.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: CPU cores)")
     p.add_argument("--no-progress", action="store_true")
+    add_backend_args(p, "a process pool of --workers")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_backend_args(args)
+    if args.backend == "ray" and args.workers is not None:
+        raise CliError("--workers is for the local backend; with --backend ray the cluster's CPUs are the workers")
     out = check_writable(args.out, directory=True)
     overrides: dict = {"world_seed": args.world_seed, "world_path": args.world}
     if args.seeds is not None:
@@ -45,7 +50,13 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"unknown rows {', '.join(unknown)}; choose from {', '.join(ROWS)}")
         overrides["rows"] = rows
     cfg = BenchmarkConfig.quick(**overrides) if args.quick else BenchmarkConfig(**overrides)
-    result = run_benchmark(cfg, out, progress=not args.no_progress)
+    if args.backend == "ray":
+        from rlur.distributed.backend import ray_session
+
+        with ray_session(args.ray_address, args.ray_cpus):
+            result = run_benchmark(cfg, out, progress=not args.no_progress, backend="ray")
+    else:
+        result = run_benchmark(cfg, out, progress=not args.no_progress)
     print(results_markdown(result))
     print(f"wrote {out}/results.json, results.md, learning_curves.png")
     return 0

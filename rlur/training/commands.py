@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rlur.agents.policy import load_policy
 from rlur.cli import CliError, check_writable, positive_int
+from rlur.distributed.backend import add_backend_args, check_backend_args
 from rlur.evaluation.report import print_metrics_table
 from rlur.sim.world import WorldConfig
 from rlur.training.checkpoint import atomic_write_json
@@ -43,7 +44,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-users", type=positive_int, default=None)
     p.add_argument("--eval-days", type=positive_int, default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--from-log", metavar="DIR", default=None,
+                   help="train offline on the joined transitions of an `rlur live` run directory (rlur, rlur-naive, "
+                        "td3): no environment steps; each step is updates on the logged replay buffer")
+    p.add_argument("--log-arms", default="all", choices=("all", "control", "treatment"),
+                   help="with --from-log: whose traffic to train on (default: all)")
     p.add_argument("--no-progress", action="store_true")
+    add_backend_args(p, "the users stepped in this process")
+    p.add_argument("--shards", type=positive_int, default=None,
+                   help="with --backend ray: simulation shard actors (default: the cluster's CPUs)")
+    p.add_argument("--block-users", type=positive_int, default=None,
+                   help="with --backend ray: users per block, each its own seeded environment (default 256); "
+                        "the run depends on it, not on --shards")
+    p.add_argument("--sync-every", type=positive_int, default=None,
+                   help="with --backend ray: environment steps per policy broadcast (default 1)")
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("eval", help="evaluate a trained policy on held-out users",
@@ -99,9 +113,56 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    check_backend_args(args)
+    if args.backend == "local":
+        given = [f"--{n.replace('_', '-')}" for n in ("shards", "block_users", "sync_every") if getattr(args, n)]
+        if given:
+            raise CliError(f"{', '.join(given)} need --backend ray")
     cfg = build_train_config(args)
     out = check_writable(args.out, directory=True)
+    if args.from_log:
+        return _run_train_from_log(args, cfg, out)
+    if args.backend == "ray":
+        return _run_train_ray(args, cfg, out)
     trainer = Trainer(cfg, out, progress=not args.no_progress)
+    return _train(args, trainer, out)
+
+
+def _run_train_from_log(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
+    """``train --from-log DIR``: the replay buffer is the logged transitions (rlur.training.offline)."""
+    from rlur.live.dataset import read_logged_batch
+    from rlur.training.offline import LoggedTransitions
+
+    if args.backend == "ray":
+        raise CliError("--from-log trains in this process; drop --backend ray")
+    if cfg.algo not in ("rlur", "rlur-naive", "td3"):
+        raise CliError(f"--from-log trains off-policy agents (rlur, rlur-naive, td3), not {cfg.algo}")
+    try:
+        batch = read_logged_batch(args.from_log, args.log_arms)
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError(str(err)) from None
+    print(f"{args.from_log}: {len(batch)} logged transitions ({int(batch.session_end.sum())} session ends)")
+    trainer = Trainer(cfg, out, progress=not args.no_progress, collector=LoggedTransitions(batch, str(args.from_log)))
+    return _train(args, trainer, out)
+
+
+def _run_train_ray(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
+    """``train --backend ray``: the learner here, the users' blocks on shard actors."""
+    from rlur.distributed.backend import cluster_cpus, ray_session
+    from rlur.distributed.collect import DEFAULT_TRAIN_BLOCK_USERS, ShardedCollector
+
+    with ray_session(args.ray_address, args.ray_cpus):
+        collector = ShardedCollector(args.shards or cluster_cpus(), args.block_users or DEFAULT_TRAIN_BLOCK_USERS,
+                                     args.sync_every or 1)
+        try:
+            trainer = Trainer(cfg, out, progress=not args.no_progress, collector=collector)
+            return _train(args, trainer, out)
+        finally:
+            collector.close()
+
+
+def _train(args: argparse.Namespace, trainer: Trainer, out: Path) -> int:
+    cfg = trainer.cfg
     if args.resume:
         if trainer.resume():
             print(f"resuming {out} at step {trainer.step}")

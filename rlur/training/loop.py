@@ -243,13 +243,18 @@ def evaluate_policy(policy, world, n_users: int, days: int, seed: int, progress:
 class Trainer:
     """Owns the env, the learner, the logs and the checkpoints of one run directory."""
 
-    def __init__(self, cfg: TrainConfig, out: str | Path, progress: bool = True) -> None:
+    def __init__(self, cfg: TrainConfig, out: str | Path, progress: bool = True, collector: Any = None) -> None:
+        """``collector``: a sharded-collection hook (``rlur.distributed.collect.ShardedCollector``) that
+        steps the users elsewhere; ``None`` (the default) steps ``self.env`` in this process."""
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
         self.world = build_world(cfg.world_path, cfg.world)
         self.env = make_env(self.world, cfg.n_users, cfg.seed)
         self.learner = make_learner(cfg, self.env)
+        self.collector = collector
+        if collector is not None:
+            collector.start(self)
         self.step = 0
         self.obs = self.env.observe()
         self.curve: list[dict[str, Any]] = []
@@ -263,10 +268,12 @@ class Trainer:
                               train_config=self.cfg.to_dict(), world_path=self.cfg.world_path),
             self.out / "checkpoint.pt",
         )
+        env = env_state_dict(self.env) if self.collector is None else self.collector.state_dict()
+        layout = {} if self.collector is None else {"collector": self.collector.describe()}
         atomic_torch_save({
-            "step": self.step, "env": env_state_dict(self.env), "learner": self.learner.state_dict(),
+            "step": self.step, "env": env, "learner": self.learner.state_dict(),
             "obs": self.obs, "curve": self.curve, "torch_rng": torch.get_rng_state(),
-            "config": self.cfg.to_dict(),
+            "config": self.cfg.to_dict(), **layout,
         }, self.out / "resume.pt")
 
     def resume(self) -> bool:
@@ -277,8 +284,15 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state["config"] != self.cfg.to_dict():
             raise ValueError(f"{path} was written by a different configuration; use a new --out")
+        layout = None if self.collector is None else self.collector.describe()
+        if state.get("collector") != layout:
+            raise ValueError(f"{path} was written with another backend or block layout ({state.get('collector')}); "
+                             "resume it with the same --backend and --block-users, or use a new --out")
         self.step = state["step"]
-        load_env_state_dict(self.env, state["env"])
+        if self.collector is None:
+            load_env_state_dict(self.env, state["env"])
+        else:
+            self.collector.load_state_dict(state["env"])
         self.learner.load_state_dict(state["learner"])
         self.obs, self.curve = state["obs"], state["curve"]
         torch.set_rng_state(state["torch_rng"])
@@ -329,14 +343,20 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 self._log(self.step, {"time/requests_per_s": (self.step - steps0) * cfg.n_users / max(elapsed, 1e-9)})
                 self._save()
-            served = self.learner.serve(self.obs, self.env.group)
-            result = self.env.step(served["action"])
-            stats = self.learner.observe(self.obs, served, result)
-            self.obs = result.obs
-            self.step += 1
-            if stats and self.step % 50 == 0:
+            if self.collector is None:
+                served = self.learner.serve(self.obs, self.env.group)
+                result = self.env.step(served["action"])
+                stats = self.learner.observe(self.obs, served, result)
+                self.obs = result.obs
+                n = 1
+            else:  # up to the next evaluation, checkpoint or the end
+                e, c = cfg.eval_every, cfg.checkpoint_every
+                limit = min(cfg.steps, (self.step // e + 1) * e, (self.step // c + 1) * c) - self.step
+                n, stats = self.collector.collect(self.learner, limit)
+            self.step += n
+            if stats and self.step // 50 > (self.step - n) // 50:
                 self._log(self.step, stats)
-            bar.update(1)
+            bar.update(n)
             if self.curve:
                 bar.set_postfix(eval_return_day=f"{self.curve[-1]['avg_return_day']:.3f}")
         bar.close()
