@@ -30,6 +30,11 @@ class CliError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
+#: RLUR's ``--no-X`` switches (``rlur train``, ``rlur live``) → ``RLURConfig`` fields.
+ABLATIONS = {"normalise": "normalise", "rnd": "rnd", "groups": "groups", "soft-reg": "soft_reg",
+             "immediate": "immediate"}
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer ≥ 1."""
     try:

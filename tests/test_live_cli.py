@@ -183,3 +183,13 @@ def test_train_from_log_bad_input_is_a_one_line_error(tmp_path, capsys, argv, me
     assert main(["train", "--out", str(tmp_path / "x"), "--no-progress", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_ablation_flags_reach_the_trainer_config():
+    from rlur.cli import build_parser
+    from rlur.live.commands import build_config
+
+    cfg = build_config(build_parser().parse_args(["live", "--out", "x", "--no-soft-reg", "--no-rnd"]))
+    rl = cfg.trainer.rlur
+    assert not rl.soft_reg and not rl.rnd and rl.normalise and rl.immediate and rl.groups
+    assert build_config(build_parser().parse_args(["live", "--out", "x"])).trainer.rlur.soft_reg

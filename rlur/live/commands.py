@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rlur.cli import CliError, check_writable, non_negative_float, non_negative_int, positive_float, positive_int
+from rlur.cli import (
+    ABLATIONS,
+    CliError,
+    check_writable,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["register"]
 
@@ -50,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="back-pressure: a day waits until the trainer consumed labels D days old (0: off; default 1)")
     add("--request-seconds", type=positive_int, default=120, help="simulated seconds between requests (120)")
     add("--final-days", type=positive_int, default=None, help="days at the end for the final lift (last third)")
+    for flag in ABLATIONS:
+        add(f"--no-{flag}", action="store_true", help=f"RLUR ablation: train without {flag}")
     add("--quick", action="store_true", help="a small run: 1024 users × 8 days, faster learning settings")
     add("--no-progress", action="store_true")
     add("--role", choices=("joiner", "trainer"), help=argparse.SUPPRESS)
@@ -58,14 +68,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def build_config(args: argparse.Namespace):
     from rlur.abtest.assignment import parse_shares
+    from rlur.agents.rlur import RLURConfig
     from rlur.live.rehearsal import LiveConfig
     from rlur.live.trainer import TrainerConfig
 
     base = QUICK if args.quick else {}
     pick = lambda name, default: (getattr(args, name) if getattr(args, name) is not None  # noqa: E731
                                   else base.get(name, default))
+    off = {field: False for flag, field in ABLATIONS.items() if getattr(args, f"no_{flag.replace('-', '_')}", False)}
     trainer = TrainerConfig(
-        algo=args.algo, seed=args.seed, train_arms=args.train_arms,
+        algo=args.algo, seed=args.seed, train_arms=args.train_arms, rlur=RLURConfig(**off),
         transitions_per_update=float(pick("transitions_per_update", 256.0)),
         publish_every=pick("publish_every", 25), learning_starts=pick("learning_starts", 5_000),
         explore_anneal=pick("explore_anneal", 300_000),

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from rlur.agents.policy import load_policy
-from rlur.cli import CliError, check_writable, positive_int
+from rlur.cli import ABLATIONS, CliError, check_writable, positive_int
 from rlur.distributed.backend import add_backend_args, check_backend_args
 from rlur.evaluation.report import print_metrics_table
 from rlur.sim.world import WorldConfig
@@ -17,9 +17,6 @@ from rlur.training.loop import ALGOS, TrainConfig, Trainer, build_world, evaluat
 
 __all__ = ["build_train_config", "register"]
 
-#: ``--no-X`` switches → RLURConfig fields.
-ABLATIONS = {"normalise": "normalise", "rnd": "rnd", "groups": "groups", "soft-reg": "soft_reg",
-             "immediate": "immediate"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
