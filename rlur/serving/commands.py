@@ -6,8 +6,12 @@ import argparse
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rlur.cli import CliError, check_writable, positive_float, positive_int
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["register", "run_export", "run_serve"]
 
@@ -113,7 +117,7 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_workers(config) -> None:
+def _run_workers(config: uvicorn.Config) -> None:
     """What ``uvicorn.run(..., workers=N)`` does, but with the listening socket created as
     ``IPPROTO_TCP``: uvicorn's own leaves ``proto`` at 0, so asyncio never sets ``TCP_NODELAY`` on the
     accepted connections and every keep-alive request after the first waits ~40 ms on a delayed ACK
@@ -128,6 +132,8 @@ def _run_workers(config) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config.host, config.port))
     sock.set_inheritable(True)
+    host, port = sock.getsockname()[:2]
+    print(f"rlur serve: {config.workers} workers on http://{host}:{port}", flush=True)
     extra = {"target": Server(config).run} if "target" in inspect.signature(Multiprocess).parameters else {}
     try:
         Multiprocess(config, sockets=[sock], **extra).run()

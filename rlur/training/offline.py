@@ -36,11 +36,11 @@ class LoggedTransitions:
             raise ValueError(f"{self.source}: logged states/actions are {b.obs.shape[1]}/{b.action.shape[1]}-"
                              f"dimensional, the learner's {buffer.data['obs'].shape[1]}/"
                              f"{buffer.data['action'].shape[1]}")
-        if buffer.size == 0:  # a resumed run restores its buffer from resume.pt instead
-            for lo in range(max(0, len(b) - buffer.capacity), len(b), buffer.capacity):
-                hi = min(lo + buffer.capacity, len(b))
-                buffer.add(Batch(**{name: v[lo:hi] for name, v in b.to_dict().items()}))
-            learner.agent.observe_returns(b.return_time[b.session_end])
+        # (Trainer.resume, called after this, replaces the buffer and the statistics with the saved ones.)
+        for lo in range(max(0, len(b) - buffer.capacity), len(b), buffer.capacity):
+            hi = min(lo + buffer.capacity, len(b))
+            buffer.add(Batch(**{name: v[lo:hi] for name, v in b.to_dict().items()}))
+        learner.agent.observe_returns(b.return_time[b.session_end])
         learner.agent.set_exploration(trainer.cfg.explore_std_end)
 
     def describe(self) -> dict[str, int | str]:
