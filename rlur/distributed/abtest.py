@@ -39,6 +39,7 @@ from rlur.abtest.experiment import (
     simulate_calendar,
 )
 from rlur.distributed import require_ray
+from rlur.distributed.backend import as_finished
 from rlur.distributed.blocks import DEFAULT_BLOCK_USERS, Block, make_blocks, split_shards
 from rlur.distributed.shards import MAX_RESTARTS, build_from_spec, crash_once, world_spec
 
@@ -153,17 +154,14 @@ def _run_blocks_ray(spec, cfg, plan, shards: int, progress: bool, crash_marker: 
                 ref = handle.run_block.remote(ab, crash_marker)
                 refs[ref], owner[ref] = (ab.arm, ab.block.index), handle
     results = {}
-    pending = list(refs)
     try:
         with tqdm(total=len(refs), desc="simulated blocks", unit="block", disable=not progress) as bar:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                for ref in done:
-                    results[refs[ref]] = ray.get(ref)
-                    bar.update(1)
-                    left[owner[ref]] -= 1
-                    if left[owner[ref]] == 0:
-                        ray.kill(owner[ref])
+            for ref in as_finished(refs):
+                results[refs[ref]] = ray.get(ref)
+                bar.update(1)
+                left[owner[ref]] -= 1
+                if left[owner[ref]] == 0:
+                    ray.kill(owner[ref])
     finally:
         for handle, n in left.items():
             if n:

@@ -13,15 +13,25 @@ import argparse
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from rlur.cli import CliError, positive_int
 from rlur.distributed import require_ray
 
-__all__ = ["BACKENDS", "WORKER_ENV", "actor_slots", "add_backend_args", "check_backend_args", "cluster_cpus",
-           "init_ray", "parse_address", "ray_session"]
+__all__ = [
+    "BACKENDS",
+    "WORKER_ENV",
+    "actor_slots",
+    "add_backend_args",
+    "as_finished",
+    "check_backend_args",
+    "cluster_cpus",
+    "init_ray",
+    "parse_address",
+    "ray_session",
+]
 
 BACKENDS = ("local", "ray")
 #: Environment of every Ray worker: one thread per torch op, the cluster's CPUs are the parallelism.
@@ -120,3 +130,12 @@ def actor_slots(requested: int) -> int:
     while the others keep theirs; results do not depend on the shard count, only the speed does.
     """
     return max(1, min(requested, cluster_cpus()))
+
+
+def as_finished(refs: Iterable[Any]) -> Iterator[Any]:
+    """Yield Ray object refs one at a time, in the order they finish (results stream back as they come)."""
+    ray = require_ray()
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield from done

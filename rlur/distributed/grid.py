@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlur.distributed import require_ray
+from rlur.distributed.backend import as_finished
 from rlur.distributed.shards import crash_once
 
 __all__ = ["MAX_RETRIES", "RunFailure", "run_grid"]
@@ -50,12 +51,9 @@ def run_grid(jobs: list[tuple[str, int]], cfg: Any, out: str, max_retries: int =
     ray = require_ray()
     task = ray.remote(num_cpus=1, max_retries=max_retries)(_train_task)
     refs = {task.remote(row, seed, cfg, out, crash_marker): (row, seed) for row, seed in jobs}
-    pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        for ref in done:
-            try:
-                yield ray.get(ref)
-            except ray.exceptions.RayError as err:
-                row, seed = refs[ref]
-                yield RunFailure(row, seed, _reason(err))
+    for ref in as_finished(refs):
+        try:
+            yield ray.get(ref)
+        except ray.exceptions.RayError as err:
+            row, seed = refs[ref]
+            yield RunFailure(row, seed, _reason(err))

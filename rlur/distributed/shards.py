@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from rlur.agents.fixed import make_fixed_policy
 from rlur.distributed import require_ray
+from rlur.distributed.backend import as_finished
 from rlur.distributed.blocks import DEFAULT_BLOCK_USERS, Block, make_blocks, split_shards
 from rlur.evaluation.metrics import MetricsRecorder
 from rlur.evaluation.rollout import rollout
@@ -141,13 +142,10 @@ class SimShardPool:
         index = {actor.run_block.remote(policy, b, days, crash_marker): b.index
                  for actor, shard in zip(self.actors, plan, strict=False) for b in shard}
         results: dict[int, tuple[MetricsRecorder, dict]] = {}
-        pending = list(index)
         with tqdm(total=len(blocks), desc="simulated blocks", unit="block", disable=not progress) as bar:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                for ref in done:
-                    results[index[ref]] = ray.get(ref)
-                    bar.update(1)
+            for ref in as_finished(index):
+                results[index[ref]] = ray.get(ref)
+                bar.update(1)
         return [results[b.index] for b in blocks]
 
     def close(self) -> None:
