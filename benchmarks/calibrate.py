@@ -21,7 +21,14 @@ import torch
 from rlur.agents.fixed import make_fixed_policy
 from rlur.evaluation.rollout import rollout
 from rlur.sim.env import RetentionEnv
-from rlur.sim.world import BEHAVIOURS, GROUPS, KUAIRAND_BEHAVIOUR_RATE, KUAIRAND_RETURN_DAY_SHARE, WorldConfig
+from rlur.sim.world import (
+    BEHAVIOURS,
+    GROUPS,
+    KUAIRAND_BEHAVIOUR_RATE,
+    KUAIRAND_RETURN_DAY_SHARE,
+    WORLD_PRESETS,
+    WorldConfig,
+)
 
 TARGET_RATES = {**KUAIRAND_BEHAVIOUR_RATE, "profile_enter": 0.008}
 TARGET_DEPTH = 8.0
@@ -48,11 +55,13 @@ def conditional_hazards(share: list[float]) -> tuple[float, float, float]:
 def measure(config: WorldConfig, users: int, days: int, seed: int) -> dict:
     env = RetentionEnv(config, n_users=users, seed=seed)
     sat_sum, sat_n = torch.zeros(len(GROUPS)), torch.zeros(len(GROUPS))
+    time_sum = torch.zeros(len(GROUPS))
     respond = env._respond
 
-    def spy(shown):  # record each group's per-request satisfaction on the way
+    def spy(shown):  # record each group's per-request satisfaction and time spent on the way
         out = respond(shown)
         sat_sum.add_(torch.bincount(env.group, weights=out[2], minlength=len(GROUPS)))
+        time_sum.add_(torch.bincount(env.group, weights=out[1].mean(1) / 81.0, minlength=len(GROUPS)))
         sat_n.add_(torch.bincount(env.group, minlength=len(GROUPS)))
         return out
 
@@ -61,6 +70,7 @@ def measure(config: WorldConfig, users: int, days: int, seed: int) -> dict:
     s = rec.summary(n_boot=0)
     s["reopen_share"] = 1 - s["return_gaps"] / max(s["sessions"], 1)
     s["sat_by_group"] = (sat_sum / sat_n.clamp(min=1)).tolist()
+    s["time_by_group"] = (time_sum / sat_n.clamp(min=1)).tolist()
     return s
 
 
@@ -70,9 +80,11 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=14)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--world-seed", type=int, default=0)
+    ap.add_argument("--world-preset", choices=WORLD_PRESETS, default="default",
+                    help="calibrate this variant of the world (its constants go in WORLD_PRESETS)")
     ap.add_argument("--damping", type=float, default=0.8)
     args = ap.parse_args()
-    cfg = WorldConfig(world_seed=args.world_seed)
+    cfg = WorldConfig.preset(args.world_preset, world_seed=args.world_seed)
     target_h = conditional_hazards(list(KUAIRAND_RETURN_DAY_SHARE))
     for r in range(args.rounds):
         s = measure(cfg, args.users, args.days, seed=1000 + r)
@@ -84,6 +96,7 @@ def main() -> None:
               f"reopen={s['reopen_share']:.3f}")
         print("   rates " + " ".join(f"{k}={v:.5f}" for k, v in s["behaviour_rates"].items()))
         print("   satisfaction by group " + " ".join(f"{v:.3f}" for v in s["sat_by_group"]))
+        print("   time spent by group " + " ".join(f"{v:.3f}" for v in s["time_by_group"]))
         d = args.damping
         bias = list(cfg.behaviour_bias)
         for i, name in enumerate(BEHAVIOURS):
@@ -94,11 +107,14 @@ def main() -> None:
         sat_ref = [r + (o - r) for r, o in zip(cfg.sat_reference, s["sat_by_group"], strict=True)]
         cfg = dataclasses.replace(
             cfg, behaviour_bias=tuple(round(b, 3) for b in bias), sat_reference=tuple(round(x, 3) for x in sat_ref),
+            time_reference=tuple(round(x, 3) for x in s["time_by_group"]),
             return_day_bias=tuple(round(b, 3) for b in rbias),
             leave_bias=round(leave, 3), reopen_bias=round(reopen, 3),
         )
-    print("\nWorldConfig constants:")
-    for key in ("behaviour_bias", "return_day_bias", "reopen_bias", "leave_bias", "sat_reference"):
+    keys = ("behaviour_bias", "return_day_bias", "reopen_bias", "leave_bias", "sat_reference", "time_reference")
+    print(f"\nCalibrated constants of world preset {args.world_preset!r} (WorldConfig fields; the default")
+    print("preset's go in WorldConfig's defaults, another preset's in WORLD_PRESETS):")
+    for key in keys:
         print(f"    {key} = {getattr(cfg, key)}")
 
 

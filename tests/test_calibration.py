@@ -1,4 +1,5 @@
-"""Under the neutral (uniform) policy the default world reproduces KuaiRand-Pure's statistics."""
+"""Under the neutral (uniform) policy the default world, and every world preset (each calibrated on
+its own), reproduces KuaiRand-Pure's statistics."""
 
 import pytest
 import torch
@@ -6,13 +7,13 @@ import torch
 from rlur.agents.fixed import make_fixed_policy
 from rlur.evaluation.rollout import rollout
 from rlur.sim.env import RetentionEnv
-from rlur.sim.world import KUAIRAND_BEHAVIOUR_RATE, KUAIRAND_RETURN_DAY_SHARE, World, WorldConfig
+from rlur.sim.world import KUAIRAND_BEHAVIOUR_RATE, KUAIRAND_RETURN_DAY_SHARE, WORLD_PRESETS, World, WorldConfig
 
 
-@pytest.fixture(scope="module")
-def uniform_run() -> dict:
+@pytest.fixture(scope="module", params=list(WORLD_PRESETS))
+def uniform_run(request) -> dict:
     torch.set_num_threads(1)
-    env = RetentionEnv(World(WorldConfig(world_seed=0)), n_users=4096, seed=123)
+    env = RetentionEnv(World(WorldConfig.preset(request.param, world_seed=0)), n_users=4096, seed=123)
     rec, _ = rollout(env, make_fixed_policy("uniform"), days=10)
     return rec.summary(n_boot=100)
 

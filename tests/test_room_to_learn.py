@@ -4,8 +4,11 @@
 * some fixed weighting is clearly better than uniform;
 * the best weighting depends on the user's state: it differs across activity groups, so a
   hand-written rule with one weighting per group beats the best single fixed weighting found by a
-  search. Without this, a static search such as CEM would already be optimal and no RL
-  method could beat it.
+  search; and it changes with fatigue inside a session, so a rule that switches a heavy user's
+  weighting after a few requests beats both of the weightings it switches between. That last
+  property holds in the ``tired`` world preset (tired users regret long watching), not yet in the
+  default world (see docs/simulator.md). Without state dependence, a static search such as CEM
+  would already be optimal and no RL method could beat it.
 
 Comparisons run on the same held-out users with the same protocol; "clearly better" means the
 paired bootstrap 95 % CI (resampling users) of the difference in average return day excludes 0.
@@ -17,7 +20,7 @@ import torch
 
 from rlur.agents.policy import TablePolicy
 from rlur.evaluation.rollout import rollout
-from rlur.sim.env import RetentionEnv
+from rlur.sim.env import OBS_FIELDS, RetentionEnv
 from rlur.sim.world import GROUPS, SCORE_NAMES, World, WorldConfig
 from rlur.training.loop import evaluate_policy
 
@@ -40,14 +43,35 @@ GROUP_RULE = {
 }
 
 
-class GroupRule:
-    """The hand-written state rule: one weighting per activity group (``GROUP_RULE``)."""
+#: The ``tired`` world's rule: per group, as fresh (middle: long views) ...
+FRESH_RULE = {**GROUP_RULE, "middle": one_hot("long_view")}
+#: ... and once tired: heavy users then regret long watching (fatigue builds with every request), so
+#: their best weighting late in a session favours liked and shared short videos (docs/simulator.md).
+TIRED_RULE = {**FRESH_RULE, "high": one_hot("like", "forward")}
+#: Observation column of the request index inside the session (requests served / 10).
+REQUEST_INDEX = sum(size for name, size, _ in OBS_FIELDS[: [f[0] for f in OBS_FIELDS].index("request_index")])
 
-    def __init__(self) -> None:
-        self.table = torch.stack([GROUP_RULE[g] for g in GROUPS])
+
+class GroupRule:
+    """The hand-written state rule: one weighting per activity group (``GROUP_RULE`` by default)."""
+
+    def __init__(self, rule: dict | None = None) -> None:
+        self.table = torch.stack([(rule or GROUP_RULE)[g] for g in GROUPS])
 
     def act(self, obs: torch.Tensor, group: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         return self.table[group]
+
+
+class FatigueRule:
+    """``FRESH_RULE`` for the first ``switch_after`` requests of a session, ``TIRED_RULE`` after."""
+
+    def __init__(self, switch_after: int = 3) -> None:
+        self.fresh, self.tired = GroupRule(FRESH_RULE), GroupRule(TIRED_RULE)
+        self.threshold = switch_after / 10  # the observation holds requests / 10
+
+    def act(self, obs: torch.Tensor, group: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        tired = (obs[:, REQUEST_INDEX] >= self.threshold - 1e-6)[:, None]
+        return torch.where(tired, self.tired.act(obs, group), self.fresh.act(obs, group))
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +140,18 @@ def test_the_best_weighting_differs_across_groups(world):
     assert watch[GROUPS.index("high")] < long_view[GROUPS.index("high")]  # watch time wins for heavy users
     assert long_view[GROUPS.index("low")] < watch[GROUPS.index("low")]  # long views win for casual users
     assert long_view[GROUPS.index("new")] < watch[GROUPS.index("new")]
+
+
+@pytest.fixture(scope="module")
+def tired_world() -> World:
+    return World(WorldConfig.preset("tired"))
+
+
+@pytest.mark.parametrize("seed", [41, 42])
+def test_the_best_weighting_changes_with_fatigue_in_the_tired_world(tired_world, seed):
+    # Switching a heavy user's weighting after 3 requests beats keeping either weighting all session.
+    switching = per_user(tired_world, FatigueRule(switch_after=3), seed=seed)
+    for always in (FRESH_RULE, TIRED_RULE):
+        ok, lo, hi = clearly_better(switching, per_user(tired_world, GroupRule(always), seed=seed))
+        assert ok and hi < -0.02, (always["high"].tolist(), lo, hi)
+

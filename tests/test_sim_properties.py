@@ -28,6 +28,8 @@ CONFIGS: tuple[WorldConfig, ...] = (
     WorldConfig(n_videos=500, n_candidates=50, max_session_depth=3, max_opens_per_day=2),
     WorldConfig(n_videos=300, n_candidates=50, return_horizon_days=10, max_return_day=10),
     WorldConfig(n_videos=500, n_candidates=12, slate_size=3),
+    # every mechanism of the presets on (fatigue regret, habit from time, user-dependent return noise)
+    WorldConfig.from_dict({**WorldConfig.preset("tired").to_dict(), "n_videos": 500, "n_candidates": 50}),
 )
 PROPS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -42,6 +42,9 @@ CONFIGS = (
     WorldConfig(n_videos=300, n_candidates=50, return_horizon_days=10, max_return_day=10, world_seed=2),
     WorldConfig(n_videos=500, n_candidates=12, slate_size=3, world_seed=3),
     WorldConfig(n_videos=2000, n_candidates=200, world_seed=4),  # the default C: block top-k ranking
+    # the presets' mechanisms (fatigue regret, habit from time spent, user-dependent return noise)
+    WorldConfig.from_dict({**WorldConfig.preset("tired", world_seed=5).to_dict(), "n_videos": 500,
+                           "n_candidates": 50}),
 )
 
 
@@ -136,7 +139,10 @@ class _ReferenceEnv(RetentionEnv):
         clicked = responses[..., _CLICK]
         value = torch.cat(((watch / 81.0).unsqueeze(-1), responses, (w.video_bait[shown] * clicked).unsqueeze(-1),
                            (w.video_duration_z[shown] * clicked).unsqueeze(-1)), dim=-1)
-        sat = (value * w.sat_coef[g].unsqueeze(1)).sum(-1).mean(1)
+        coef = w.sat_coef[g]
+        if self.config.fatigue_regret:
+            coef = torch.cat(((coef[:, 0] - self.config.fatigue_regret * self.fatigue)[:, None], coef[:, 1:]), 1)
+        sat = (value * coef.unsqueeze(1)).sum(-1).mean(1)
         return responses, watch, sat, repetition
 
     def _update_session(self, shown, responses, watch, sat, repetition) -> None:
@@ -147,6 +153,7 @@ class _ReferenceEnv(RetentionEnv):
         self.session_sat = self.session_sat + sat
         self.last_sat = sat
         self.session_follows = self.session_follows + responses[..., _FOLLOW].sum(1)
+        self.session_time = self.session_time + watch.mean(1) / 81.0
         self.depth = self.depth + 1
         self.last_repetition = repetition.mean(1)
         bait_clicks = (w.video_bait[shown] * responses[..., _CLICK]).mean(1)
@@ -169,7 +176,8 @@ class _ReferenceEnv(RetentionEnv):
         u_gap = torch.rand(b, generator=self.rng)
         quality = self.session_sat / self.depth.clamp(min=1) - w.sat_reference[g]
         last = self.last_sat - w.sat_reference[g]
-        z = w.group_return[g] + 0.8 * self.habit + c.quality_effect * (quality + 0.5 * last) + c.return_noise * noise
+        z = (w.group_return[g] + 0.8 * self.habit + c.quality_effect * (quality + 0.5 * last)
+             + c.return_noise * self.volatility * noise)
         reopen_logit = c.reopen_bias + w.group_reopen[g] + 0.8 * quality + 0.5 * self.habit - 0.7 * self.opens_today
         reopen = (u_reopen < torch.sigmoid(reopen_logit)) & (self.opens_today + 1 < c.max_opens_per_day)
         hit = u_day < torch.sigmoid(z[:, None] + w.return_day_bias)
@@ -184,6 +192,9 @@ class _ReferenceEnv(RetentionEnv):
         w = self.world
         long_view_rate = self.session_response[:, 1 + _LONG] / self.depth.clamp(min=1)
         target = w.group_habit[self.group] + 0.6 * quality
+        if self.config.habit_from_time:
+            time_spent = self.session_time / self.depth.clamp(min=1)
+            target = target + self.config.habit_from_time * (time_spent - w.time_reference[self.group])
         new_habit = 0.85 * self.habit + 0.15 * target + 0.25 * self.session_follows.clamp(max=3)
         self.habit = torch.where(end, new_habit.clamp(-3, 3), self.habit)
         ema = lambda old, new: torch.where(end, 0.7 * old + 0.3 * new, old)  # noqa: E731

@@ -20,6 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from rlur.evaluation.stats import mean_ci, paired_test
+from rlur.sim.world import WORLD_PRESETS, WorldConfig
 from rlur.training.checkpoint import atomic_write_json
 
 __all__ = ["ROWS", "BenchmarkConfig", "run_benchmark"]
@@ -64,6 +65,8 @@ class BenchmarkConfig:
     eval_seed: int = 7_000_001
     world_path: str | None = None
     """A learned world instead of the built-in one."""
+    world_preset: str = "default"
+    """Variant of the built-in world (``WorldConfig.preset``)."""
     workers: int = 0
     """Worker processes (0: the number of CPU cores)."""
 
@@ -86,7 +89,8 @@ def _train_one(row: str, seed: int, cfg: BenchmarkConfig, out: str) -> dict[str,
     algo, overrides = ROWS[row]
     tc = TrainConfig(algo=algo, steps=cfg.steps, seed=seed, world_seed=cfg.world_seed, n_users=cfg.n_users,
                      eval_every=cfg.eval_every, eval_users=cfg.curve_eval_users, eval_days=cfg.curve_eval_days,
-                     checkpoint_every=max(cfg.steps // 4, 1), world_path=cfg.world_path)
+                     checkpoint_every=max(cfg.steps // 4, 1), world_path=cfg.world_path,
+                     world=WorldConfig.preset(cfg.world_preset, world_seed=cfg.world_seed))
     tc.rlur = dataclasses.replace(tc.rlur, **overrides)  # RLUR-naive's switches: training.loop.rlur_config
     run_dir = Path(out) / "runs" / row / f"seed{seed}"
     trainer = Trainer(tc, run_dir, progress=False)
@@ -139,12 +143,18 @@ def _fmt(ci: dict) -> str:
     return f"{ci['mean']:.3f} ± {(ci['ci_high'] - ci['ci_low']) / 2:.3f}"
 
 
+def _preset_note(cfg: dict[str, Any]) -> str:
+    preset = cfg.get("world_preset", "default")
+    return "" if preset == "default" else f" (preset `{preset}`)"
+
+
 def results_markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     lines = [
         "# rlur benchmark",
         "",
-        f"World seed {cfg['world_seed']}, {cfg['seeds']} training seeds per row, {cfg['steps']} batched steps × "
+        f"World seed {cfg['world_seed']}{_preset_note(cfg)}, {cfg['seeds']} training seeds per row, "
+        f"{cfg['steps']} batched steps × "
         f"{cfg['n_users']} simulated users per run; final evaluation on {cfg['eval_users']} held-out users over "
         f"{cfg['eval_days']} days. Mean ± 95 % t-interval over seeds; paired t-test of RLUR against each row.",
         "",
@@ -216,6 +226,8 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True, 
     unknown = [r for r in cfg.rows if r not in ROWS]
     if unknown:
         raise ValueError(f"unknown benchmark rows {unknown}; choose from {', '.join(ROWS)}")
+    if cfg.world_preset not in WORLD_PRESETS:
+        raise ValueError(f"unknown world preset {cfg.world_preset!r}; choose from {', '.join(WORLD_PRESETS)}")
     jobs = [(row, seed) for row in cfg.rows for seed in range(cfg.seeds)]
     if backend == "ray":
         from rlur.distributed.backend import cluster_cpus

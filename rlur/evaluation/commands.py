@@ -7,6 +7,7 @@ import argparse
 from rlur.cli import CliError, check_writable, positive_int
 from rlur.distributed.backend import add_backend_args, check_backend_args
 from rlur.evaluation.benchmark import ROWS, BenchmarkConfig, results_markdown, run_benchmark
+from rlur.sim.world import WORLD_PRESETS
 
 __all__ = ["register"]
 
@@ -20,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seeds", type=positive_int, default=None, help="training seeds per row (default 5; quick: 2)")
     p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--world-preset", choices=WORLD_PRESETS, default="default",
+                   help="variant of the built-in world (default: default; see docs/simulator.md)")
     p.add_argument("--world", default=None, help="a learned world (from rlur data fit) instead of the built-in one")
     p.add_argument("--algos", default=None, help=f"comma-separated rows (default: all of {', '.join(ROWS)})")
     p.add_argument("--out", default="runs/benchmark", help="output directory (default: runs/benchmark)")
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "ray" and args.workers is not None:
         raise CliError("--workers is for the local backend; with --backend ray the cluster's CPUs are the workers")
     out = check_writable(args.out, directory=True)
-    overrides: dict = {"world_seed": args.world_seed, "world_path": args.world}
+    overrides: dict = {"world_seed": args.world_seed, "world_path": args.world, "world_preset": args.world_preset}
     if args.seeds is not None:
         overrides["seeds"] = args.seeds
     if args.steps is not None:

@@ -12,7 +12,7 @@ from rlur.cli import check_writable, positive_int
 from rlur.distributed.backend import add_backend_args, check_backend_args
 from rlur.evaluation.report import print_metrics_table
 from rlur.evaluation.rollout import rollout
-from rlur.sim.world import WorldConfig
+from rlur.sim.world import WORLD_PRESETS, WorldConfig
 from rlur.training.loop import build_world, make_env
 
 __all__ = ["register"]
@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=positive_int, default=14, help="simulated calendar days (default: 14)")
     p.add_argument("--seed", type=int, default=0, help="seed of the users and their responses")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the world (videos, predictors)")
+    p.add_argument("--world-preset", choices=WORLD_PRESETS, default="default",
+                   help="variant of the built-in world (default: default; see docs/simulator.md)")
     p.add_argument("--world", default=None, help="a learned world (from rlur data fit) instead of the built-in one")
     p.add_argument("--out", default="runs/simulate.json", help="JSON output file (default: runs/simulate.json)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -44,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_backend_args(args)
     out = check_writable(args.out)
-    world = build_world(args.world, WorldConfig(world_seed=args.world_seed))
+    world = build_world(args.world, WorldConfig.preset(args.world_preset, world_seed=args.world_seed))
     if args.shards is None and args.block_users is None and args.backend == "local":
         env = make_env(world, args.users, args.seed)
         policy = make_fixed_policy(args.policy, seed=args.seed)

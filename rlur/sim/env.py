@@ -123,6 +123,7 @@ class RetentionEnv:
         self.propensity = users["propensity"]
         self.patience = users["patience"]
         self.habit = users["habit"]
+        self.volatility = users["volatility"]
         top3 = self.interest.softmax(1).topk(3, dim=1).values.sum(1)
         self.interest_concentration = top3
         self.day = torch.zeros(b, dtype=torch.long)
@@ -147,6 +148,7 @@ class RetentionEnv:
             self.session_response = torch.zeros(b, len(RESPONSE_NAMES))
             self.session_sat = torch.zeros(b)
             self.session_follows = torch.zeros(b)
+            self.session_time = torch.zeros(b)
             self.last_response = torch.zeros(b, len(RESPONSE_NAMES))
             self.last_repetition = torch.zeros(b)
             self.last_sat = torch.zeros(b)
@@ -157,6 +159,7 @@ class RetentionEnv:
         self.session_response[mask] = 0
         self.session_sat[mask] = 0
         self.session_follows[mask] = 0
+        self.session_time[mask] = 0
         self.last_response[mask] = 0
         self.last_repetition[mask] = 0
 
@@ -349,7 +352,10 @@ class RetentionEnv:
         # products go straight into one (B, S, R + 3) tensor, summed over its last dimension.
         coef = w.sat_coef.index_select(0, g).unsqueeze(1)  # (B, 1, R + 3)
         value = torch.empty(b, s, _R + 3)
-        torch.mul(watch / 81.0, coef[..., 0], out=value[..., 0])
+        watch_value = coef[..., 0]
+        if self.config.fatigue_regret:  # a tired user regrets long watching (0 in the default world)
+            watch_value = watch_value - self.config.fatigue_regret * self.fatigue[:, None]
+        torch.mul(watch / 81.0, watch_value, out=value[..., 0])
         torch.mul(responses.view(_R, b, s).permute(1, 2, 0), coef[..., 1:_R + 1], out=value[..., 1:_R + 1])
         torch.mul(bait_clicks.view(b, s), coef[..., _R + 1], out=value[..., _R + 1])
         torch.mul(dur_z.view(b, s) * clicked.view(b, s), coef[..., _R + 2], out=value[..., _R + 2])
@@ -374,6 +380,7 @@ class RetentionEnv:
         self.session_sat += sat
         self.last_sat = sat
         self.session_follows += responses[..., _FOLLOW].sum(1)
+        self.session_time += watch.mean(1) / 81.0
         self.depth += 1
         rep = repetition.mean(1)
         self.last_repetition = rep
@@ -426,7 +433,7 @@ class RetentionEnv:
         # ended (peak-end: the last request's satisfaction) + exogenous noise (uncertainty).
         z = (
             w.group_return.index_select(0, g) + 0.8 * habit + c.quality_effect * (quality + 0.5 * last)
-            + c.return_noise * noise.index_select(0, idx)
+            + c.return_noise * self.volatility.index_select(0, idx) * noise.index_select(0, idx)
         )
         reopen_logit = (
             c.reopen_bias + w.group_reopen.index_select(0, g) + 0.8 * quality + 0.5 * habit - 0.7 * opens
@@ -450,7 +457,11 @@ class RetentionEnv:
         long_view_rate = self.session_response[idx, 1 + _LONG] / depth.clamp(min=1)
         # Long-term habit: drifts towards the group level, pulled up by good sessions and by
         # follows (relationships that outlast the session); this is why γ > 0 pays.
-        target = w.group_habit.index_select(0, self.group.index_select(0, idx)) + 0.6 * quality
+        g = self.group.index_select(0, idx)
+        target = w.group_habit.index_select(0, g) + 0.6 * quality
+        if self.config.habit_from_time:  # habits form from time spent (0 in the default world)
+            time_spent = self.session_time.index_select(0, idx) / depth.clamp(min=1)
+            target = target + self.config.habit_from_time * (time_spent - w.time_reference.index_select(0, g))
         habit = self.habit.index_select(0, idx)
         new_habit = 0.85 * habit + 0.15 * target + 0.25 * self.session_follows.index_select(0, idx).clamp(max=3)
         # The long-term fields get new tensors (as before: a caller may hold the old ones).
@@ -472,7 +483,8 @@ class RetentionEnv:
         self.depth.index_fill_(0, idx, 0)
         self.fatigue.index_put_((idx,), self.fatigue.index_select(0, idx) * keep)
         self.recent_topic.index_put_((idx,), self.recent_topic.index_select(0, idx) * keep[:, None])
-        for name in ("session_response", "session_sat", "session_follows", "last_response", "last_repetition"):
+        for name in ("session_response", "session_sat", "session_follows", "session_time", "last_response",
+                     "last_repetition"):
             getattr(self, name).index_fill_(0, idx, 0)
 
 

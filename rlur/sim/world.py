@@ -27,6 +27,7 @@ __all__ = [
     "GROUPS",
     "KUAIRAND_RETURN_DAY_SHARE",
     "SCORE_NAMES",
+    "WORLD_PRESETS",
     "World",
     "WorldConfig",
 ]
@@ -121,15 +122,37 @@ class WorldConfig:
     """Typical per-request satisfaction of each group under the uniform policy (calibrated)."""
     quality_effect: float = 1.5
     """How strongly a session's satisfaction (relative to its group's reference) moves the return."""
+    fatigue_regret: float = 0.0
+    """How much each unit of fatigue lowers the satisfaction of 81 s of watching, for every group.
+    0 in the default world; the ``tired`` preset (:meth:`preset`) turns it on."""
+    habit_from_time: float = 0.0
+    """Weight of a session's time spent (watch seconds per shown video / 81 s, relative to its group's
+    level under uniform weights, ``time_reference``) in the target of the long-term habit. Habits form
+    from time spent even where it was not enjoyed, so the weighting best for the long run (γ > 0)
+    differs from the one best for the next return (γ = 0). 0 in the default world."""
+    time_reference: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5)
+    """Typical time spent per shown video / 81 s of each group under the uniform policy (calibrated)."""
+    return_volatility: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    """Scale of the return noise (``return_noise``) per group (high, middle, low, new)."""
+    user_volatility: float = 0.0
+    """Spread of a log-normal per-user factor on the return noise (0: every user alike). With the
+    per-group scales, the uncertainty of the return is heteroscedastic and user-dependent."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
+    def preset(cls, name: str = "default", world_seed: int = 0) -> WorldConfig:
+        """A named variant of the built-in world (:data:`WORLD_PRESETS`), each calibrated on its own."""
+        if name not in WORLD_PRESETS:
+            raise ValueError(f"unknown world preset {name!r}; choose from {', '.join(WORLD_PRESETS)}")
+        return cls(world_seed=world_seed, **WORLD_PRESETS[name])
+
+    @classmethod
     def from_dict(cls, d: dict) -> WorldConfig:
         d = dict(d)
         d["group_mix"] = tuple(d["group_mix"])
-        for key in ("behaviour_bias", "return_day_bias", "sat_reference"):
+        for key in ("behaviour_bias", "return_day_bias", "sat_reference", "return_volatility", "time_reference"):
             d[key] = tuple(d[key])
         return cls(**d)
 
@@ -140,6 +163,10 @@ class WorldConfig:
             raise ValueError(f"n_videos ({self.n_videos}) must be ≥ n_candidates ({self.n_candidates})")
         if len(self.group_mix) != len(GROUPS) or min(self.group_mix) < 0 or sum(self.group_mix) <= 0:
             raise ValueError(f"group_mix needs {len(GROUPS)} non-negative shares, got {self.group_mix}")
+        if len(self.return_volatility) != len(GROUPS) or min(self.return_volatility) < 0:
+            raise ValueError(f"return_volatility needs {len(GROUPS)} non-negative scales, got {self.return_volatility}")
+        if self.user_volatility < 0 or self.fatigue_regret < 0:
+            raise ValueError("user_volatility and fatigue_regret must be non-negative")
         if self.return_horizon_days < self.max_return_day:
             raise ValueError("return_horizon_days must be ≥ max_return_day")
 
@@ -190,6 +217,43 @@ _GROUP_HABIT = (0.3, 0.0, -0.4, -0.6)
 _GROUP_REOPEN = (0.4, 0.0, -0.6, -0.3)
 
 
+#: Named variants of the built-in world, as WorldConfig overrides (``--world-preset``). Each carries
+#: its own calibration constants (``benchmarks/calibrate.py --world-preset NAME``), so that the
+#: uniform policy still reproduces KuaiRand's statistics.
+#:
+#: * ``default``: the world every measured table uses.
+#: * ``tired``: tired users regret long watching (``fatigue_regret``), so late in a session short,
+#:   finished videos win and the best weighting changes with fatigue (``tests/test_room_to_learn.py``).
+#:   It is not the default because it turns RLUR's watch-time heuristic against retention: see
+#:   ``docs/benchmark/tired/`` and the README.
+WORLD_PRESETS: dict[str, dict] = {
+    "default": {},
+    "habit": {
+        "habit_from_time": 1.0,
+        "return_volatility": (0.6, 1.0, 1.6, 1.4),
+        "user_volatility": 0.5,
+        "behaviour_bias": (0.203, -0.767, -6.409, -7.825, -7.559, -9.488, -5.484, -9.044),
+        "return_day_bias": (0.093, -0.439, -0.194),
+        "reopen_bias": -0.922,
+        "leave_bias": -3.104,
+        "sat_reference": (0.463, 0.336, 0.645, 0.247),
+        "time_reference": (0.464, 0.425, 0.394, 0.394),
+    },
+    "tired": {
+        "habit_from_time": 1.0,
+        "return_volatility": (0.6, 1.0, 1.6, 1.4),
+        "user_volatility": 0.5,
+        "fatigue_regret": 0.85,
+        "behaviour_bias": (0.218, -0.778, -6.456, -7.757, -7.564, -9.489, -5.459, -8.977),
+        "return_day_bias": (0.264, -0.217, 0.105),
+        "reopen_bias": -0.912,
+        "leave_bias": -3.511,
+        "sat_reference": (0.131, 0.065, 0.401, 0.027),
+        "time_reference": (0.475, 0.43, 0.395, 0.392),
+    },
+}
+
+
 class World:
     """Static world: the video catalogue, prediction errors and the user population sampler.
 
@@ -227,6 +291,7 @@ class World:
         self.group_habit = coef(_GROUP_HABIT)
         self.group_reopen = coef(_GROUP_REOPEN)
         self.sat_reference = coef(c.sat_reference)
+        self.time_reference = coef(c.time_reference)
         self.group_affinity_mult = coef(_GROUP_AFFINITY_MULT)
         self.group_quality_mult = coef(_GROUP_QUALITY_MULT)
         self.group_bait_mult = coef(_GROUP_BAIT_MULT)
@@ -328,7 +393,8 @@ class World:
         """Draw ``n`` users' static traits and initial long-term state from ``seed``.
 
         Returns ``group (n,)`` long, ``interest (n, T)``, ``propensity (n, R)``, ``patience (n,)``,
-        ``habit (n,)``. The same (world, seed, n) always gives the same users.
+        ``habit (n,)``, ``volatility (n,)`` (scale of the return noise). The same (world, seed, n)
+        always gives the same users.
         """
         if n <= 0:
             raise ValueError(f"number of users must be positive, got {n}")
@@ -344,7 +410,10 @@ class World:
         propensity = 0.3 * torch.randn(n, len(BEHAVIOURS), generator=g)
         patience = 0.4 * torch.randn(n, generator=g)
         habit = self.group_habit[group] + 0.3 * torch.randn(n, generator=g)
+        volatility = torch.tensor(c.return_volatility)[group]
+        if c.user_volatility:  # drawn last, so the draws above do not depend on it
+            volatility = volatility * torch.exp(c.user_volatility * torch.randn(n, generator=g))
         return {
             "group": group, "interest": interest, "propensity": propensity,
-            "patience": patience, "habit": habit,
+            "patience": patience, "habit": habit, "volatility": volatility,
         }

@@ -11,7 +11,7 @@ from rlur.agents.policy import load_policy
 from rlur.cli import ABLATIONS, CliError, check_writable, positive_int
 from rlur.distributed.backend import add_backend_args, check_backend_args
 from rlur.evaluation.report import print_metrics_table
-from rlur.sim.world import WorldConfig
+from rlur.sim.world import WORLD_PRESETS, WorldConfig
 from rlur.training.checkpoint import atomic_write_json
 from rlur.training.loop import ALGOS, TrainConfig, Trainer, build_world, evaluate_policy
 
@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--algo", choices=ALGOS, default="rlur")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--world-preset", choices=WORLD_PRESETS, default=None,
+                   help="variant of the built-in world (default: the config file's world, else default)")
     p.add_argument("--world", default=None, help="a learned world (from rlur data fit) instead of the built-in one")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="batched environment steps (each advances every simulated user by one request); "
@@ -69,18 +71,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_eval)
 
 
+def _read_config_file(name: str | None) -> dict:
+    """The TrainConfig fields of a ``--config`` JSON file ({} without one)."""
+    if not name:
+        return {}
+    path = Path(name)
+    if not path.is_file():
+        raise CliError(f"config file {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CliError(f"config file {path} is not valid JSON: {err}") from None
+
+
 def build_train_config(args: argparse.Namespace) -> TrainConfig:
     """Merge defaults ← ``--config`` file ← flags into a :class:`TrainConfig`."""
-    base: dict = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise CliError(f"config file {path} does not exist")
-        try:
-            base = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise CliError(f"config file {path} is not valid JSON: {err}") from None
+    base = _read_config_file(args.config)
     base.update(algo=args.algo, seed=args.seed, world_seed=args.world_seed)
+    if args.world_preset:
+        base["world"] = WorldConfig.preset(args.world_preset, world_seed=args.world_seed).to_dict()
     if args.world:
         if not Path(args.world).exists():
             raise CliError(f"no learned world at {args.world} (build one with `rlur data fit`)")

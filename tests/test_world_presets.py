@@ -1,0 +1,136 @@
+"""World presets (``--world-preset``): the variants' mechanisms, and the flag end to end.
+
+The calibration of every preset is checked in ``tests/test_calibration.py``, the fatigue-dependent
+best weighting of the ``tired`` preset in ``tests/test_room_to_learn.py``.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlur.agents.policy import TablePolicy
+from rlur.evaluation.benchmark import BenchmarkConfig, run_benchmark
+from rlur.evaluation.rollout import rollout
+from rlur.sim.env import RetentionEnv
+from rlur.sim.world import GROUPS, SCORE_NAMES, WORLD_PRESETS, World, WorldConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def one_hot(name: str) -> TablePolicy:
+    a = -torch.ones(len(SCORE_NAMES))
+    a[SCORE_NAMES.index(name)] = 1.0
+    return TablePolicy(a.unsqueeze(0))
+
+
+def test_the_default_preset_is_the_default_world():
+    assert WorldConfig.preset("default") == WorldConfig()
+    assert WorldConfig.preset("default", world_seed=3) == WorldConfig(world_seed=3)
+
+
+@pytest.mark.parametrize("name", list(WORLD_PRESETS))
+def test_every_preset_is_valid_and_round_trips_through_json(name: str):
+    config = WorldConfig.preset(name, world_seed=2)
+    config.validate()
+    assert config.world_seed == 2
+    assert WorldConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_unknown_preset_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="unknown world preset 'nope'; choose from default"):
+        WorldConfig.preset("nope")
+    with pytest.raises(ValueError, match="unknown world preset"):
+        run_benchmark(BenchmarkConfig.quick(world_preset="nope"), Path("unused"), progress=False)
+
+
+@pytest.mark.parametrize("bad", [{"return_volatility": (1.0, 1.0)}, {"return_volatility": (1.0, -1.0, 1.0, 1.0)},
+                                 {"user_volatility": -0.1}, {"fatigue_regret": -1.0}])
+def test_bad_mechanism_settings_are_refused(bad: dict):
+    with pytest.raises(ValueError):
+        WorldConfig(**bad).validate()
+
+
+def test_return_noise_is_user_dependent_only_where_asked():
+    plain = World(WorldConfig()).sample_users(4096, seed=1)
+    assert torch.equal(plain["volatility"], torch.ones(4096))
+    config = WorldConfig.preset("habit")
+    users = World(config).sample_users(4096, seed=1)
+    vol, group = users["volatility"], users["group"]
+    for g, scale in enumerate(config.return_volatility):
+        mine = vol[group == g]
+        # log-normal around the group's scale: the median sits near it, and users differ
+        assert mine.median().item() == pytest.approx(scale, rel=0.25), GROUPS[g]
+        assert mine.log().std().item() == pytest.approx(config.user_volatility, rel=0.3), GROUPS[g]
+    # the other user traits are drawn exactly as without the volatility (it is drawn last)
+    for key in ("group", "interest", "propensity", "patience", "habit"):
+        assert torch.equal(users[key], plain[key]), key
+
+
+def test_fatigue_regret_lowers_the_value_of_watching_by_exactly_its_term():
+    base = WorldConfig(n_videos=500, n_candidates=50)
+    regret = dataclasses.replace(base, fatigue_regret=0.85)
+    envs = [RetentionEnv(World(c), n_users=64, seed=3) for c in (base, regret)]
+    for env in envs:
+        env.fatigue = torch.linspace(0.0, 3.0, 64)
+    shown, shown_too = (env.rank(torch.zeros(64, len(SCORE_NAMES)))[1] for env in envs)
+    assert torch.equal(shown, shown_too)  # same users, same draws: the regret does not touch ranking
+    (r0, w0, sat0, _), (r1, w1, sat1, _) = (env._respond(shown) for env in envs)
+    assert torch.equal(r0, r1) and torch.equal(w0, w1)  # the responses do not change, only their value
+    expected = sat0 - 0.85 * envs[0].fatigue * (w0 / 81.0).mean(1)
+    torch.testing.assert_close(sat1, expected, rtol=1e-5, atol=1e-5)
+    assert (sat1[1:] < sat0[1:]).all()
+
+
+def _mean_habit(config: WorldConfig, policy: TablePolicy) -> float:
+    env = RetentionEnv(World(config), n_users=1024, seed=5)
+    rollout(env, policy, days=5)
+    return env.habit.mean().item()
+
+
+def test_time_spent_builds_habit_in_the_habit_preset():
+    habit = WorldConfig.preset("habit")
+    without = dataclasses.replace(habit, habit_from_time=0.0)
+    gap = _mean_habit(habit, one_hot("watch_time")) - _mean_habit(habit, one_hot("long_view"))
+    gap_without = _mean_habit(without, one_hot("watch_time")) - _mean_habit(without, one_hot("long_view"))
+    assert gap > 0.3  # watch-time-heavy ranking spends more time, and time spent builds habit
+    assert gap > gap_without + 0.25
+
+
+def rlur_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "rlur.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_the_flag_reaches_simulate_and_train(tmp_path: Path):
+    out = tmp_path / "sim.json"
+    proc = rlur_cli("simulate", "--users", "64", "--days", "2", "--world-preset", "tired", "--out", str(out),
+                    "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert WorldConfig.from_dict(json.loads(out.read_text())["world_config"]) == WorldConfig.preset("tired")
+
+    run = tmp_path / "run"
+    proc = rlur_cli("train", "--algo", "uniform", "--steps", "4", "--users", "16", "--eval-users", "16",
+                    "--eval-days", "1", "--world-preset", "habit", "--world-seed", "1", "--out", str(run),
+                    "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    world = WorldConfig.from_dict(json.loads((run / "config.json").read_text())["world"])
+    assert world == WorldConfig.preset("habit", world_seed=1)
+
+
+def test_an_unknown_preset_is_a_one_line_error():
+    proc = rlur_cli("simulate", "--users", "8", "--days", "1", "--world-preset", "nope")
+    assert proc.returncode != 0 and "invalid choice" in proc.stderr
+    assert "Traceback" not in proc.stderr
