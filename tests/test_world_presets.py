@@ -48,6 +48,13 @@ def test_every_preset_is_valid_and_round_trips_through_json(name: str):
     assert WorldConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
+def test_a_config_saved_before_the_presets_loads_as_the_default_world():
+    old = WorldConfig(world_seed=4).to_dict()
+    for key in ("fatigue_regret", "habit_from_time", "time_reference", "return_volatility", "user_volatility"):
+        del old[key]
+    assert WorldConfig.from_dict(old) == WorldConfig(world_seed=4)
+
+
 def test_unknown_preset_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="unknown world preset 'nope'; choose from default"):
         WorldConfig.preset("nope")
@@ -134,3 +141,12 @@ def test_an_unknown_preset_is_a_one_line_error():
     proc = rlur_cli("simulate", "--users", "8", "--days", "1", "--world-preset", "nope")
     assert proc.returncode != 0 and "invalid choice" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_ab_test_notes_a_policy_trained_in_another_variant():
+    from rlur.abtest.experiment import _other_variant
+
+    default = WorldConfig(world_seed=1)
+    assert _other_variant(WorldConfig.preset("tired").to_dict(), default)
+    assert not _other_variant(WorldConfig(world_seed=0).to_dict(), default)  # the seed is noted on its own
+    assert not _other_variant({"kind": "learned"}, default)  # a learned world's config: not comparable

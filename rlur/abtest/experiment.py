@@ -208,6 +208,15 @@ def resolve_spec(spec: str) -> dict[str, str]:
                      "nor a run directory with checkpoint.pt")
 
 
+def _other_variant(trained: dict, tested: Any) -> bool:
+    """Whether a checkpoint's built-in world differs from the tested one in more than its seed."""
+    try:
+        config = WorldConfig.from_dict(trained)
+    except (KeyError, TypeError):  # not a built-in world's config
+        return False
+    return dataclasses.replace(config, world_seed=tested.world_seed) != tested
+
+
 def build_arm(spec: str, index: int, cfg: ExperimentConfig, env: RetentionEnv, arm_users: torch.Tensor) -> Arm:
     """The arm serving ``spec`` to ``arm_users`` (global row ids), frozen or online per ``cfg.online``."""
     resolved = resolve_spec(spec)
@@ -222,6 +231,8 @@ def build_arm(spec: str, index: int, cfg: ExperimentConfig, env: RetentionEnv, a
     trained_world = ckpt.get("world_config", {}).get("world_seed")
     if cfg.world_path is None and trained_world is not None and trained_world != cfg.world_seed:
         info["note"] = f"trained in world seed {trained_world}, tested in world seed {cfg.world_seed}"
+    elif cfg.world_path is None and "world_config" in ckpt and _other_variant(ckpt["world_config"], env.config):
+        info["note"] = "trained in another variant of the built-in world (e.g. a --world-preset), tested in the default"
     if isinstance(policy, GaussianPolicy) and policy.actor.obs_dim != env.obs_dim:
         raise ValueError(f"{spec}: the policy expects {policy.actor.obs_dim} observation features, the "
                          f"environment has {env.obs_dim}")

@@ -131,7 +131,8 @@ class WorldConfig:
     from time spent even where it was not enjoyed, so the weighting best for the long run (γ > 0)
     differs from the one best for the next return (γ = 0). 0 in the default world."""
     time_reference: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5)
-    """Typical time spent per shown video / 81 s of each group under the uniform policy (calibrated)."""
+    """Typical time spent per shown video / 81 s of each group under the uniform policy (calibrated
+    per preset; unused while ``habit_from_time`` is 0)."""
     return_volatility: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     """Scale of the return noise (``return_noise``) per group (high, middle, low, new)."""
     user_volatility: float = 0.0
@@ -153,7 +154,8 @@ class WorldConfig:
         d = dict(d)
         d["group_mix"] = tuple(d["group_mix"])
         for key in ("behaviour_bias", "return_day_bias", "sat_reference", "return_volatility", "time_reference"):
-            d[key] = tuple(d[key])
+            if key in d:  # configs saved before a field existed get its default
+                d[key] = tuple(d[key])
         return cls(**d)
 
     def validate(self) -> None:
@@ -222,10 +224,13 @@ _GROUP_REOPEN = (0.4, 0.0, -0.6, -0.3)
 #: uniform policy still reproduces KuaiRand's statistics.
 #:
 #: * ``default``: the world every measured table uses.
-#: * ``tired``: tired users regret long watching (``fatigue_regret``), so late in a session short,
-#:   finished videos win and the best weighting changes with fatigue (``tests/test_room_to_learn.py``).
-#:   It is not the default because it turns RLUR's watch-time heuristic against retention: see
-#:   ``docs/benchmark/tired/`` and the README.
+#: * ``habit``: time spent builds the long-term habit (``habit_from_time``), a cross-session trade-off
+#:   (ranking by watch time costs the next return and builds habit), and the return's noise is scaled
+#:   per group and per user (``return_volatility``, ``user_volatility``): heteroscedastic uncertainty.
+#: * ``tired``: ``habit``, plus tired users regret long watching (``fatigue_regret``), so late in a
+#:   session short, liked videos win and the best weighting changes with fatigue
+#:   (``tests/test_room_to_learn.py``). It is not the default because it turns RLUR's watch-time
+#:   heuristic against retention: see ``docs/benchmark/tired/`` and the README.
 WORLD_PRESETS: dict[str, dict] = {
     "default": {},
     "habit": {
