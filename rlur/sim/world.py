@@ -225,7 +225,8 @@ _GROUP_REOPEN = (0.4, 0.0, -0.6, -0.3)
 #:
 #: * ``default``: the world every measured table uses.
 #: * ``habit``: time spent builds the long-term habit (``habit_from_time``), a cross-session trade-off
-#:   (ranking by watch time costs the next return and builds habit), and the return's noise is scaled
+#:   (for middle-activity users, ranking by watch time costs the next return but builds habit that
+#:   pays later; docs/simulator.md), and the return's noise is scaled
 #:   per group and per user (``return_volatility``, ``user_volatility``): heteroscedastic uncertainty.
 #: * ``tired``: ``habit``, plus tired users regret long watching (``fatigue_regret``), so late in a
 #:   session short, liked videos win and the best weighting changes with fatigue
