@@ -48,8 +48,16 @@ FRESH_RULE = {**GROUP_RULE, "middle": one_hot("long_view")}
 #: ... and once tired: heavy users then regret long watching (fatigue builds with every request), so
 #: their best weighting late in a session favours liked and shared short videos (docs/simulator.md).
 TIRED_RULE = {**FRESH_RULE, "high": one_hot("like", "forward")}
+
+
+def obs_column(field: str) -> int:
+    """The first column of ``field`` in the flat observation (layout: ``OBS_FIELDS``)."""
+    names = [name for name, _, _ in OBS_FIELDS]
+    return sum(size for _, size, _ in OBS_FIELDS[: names.index(field)])
+
+
 #: Observation column of the request index inside the session (requests served / 10).
-REQUEST_INDEX = sum(size for name, size, _ in OBS_FIELDS[: [f[0] for f in OBS_FIELDS].index("request_index")])
+REQUEST_INDEX = obs_column("request_index")
 
 
 class GroupRule:
@@ -154,4 +162,3 @@ def test_the_best_weighting_changes_with_fatigue_in_the_tired_world(tired_world,
     for always in (FRESH_RULE, TIRED_RULE):
         ok, lo, hi = clearly_better(switching, per_user(tired_world, GroupRule(always), seed=seed))
         assert ok and hi < -0.02, (always["high"].tolist(), lo, hi)
-
