@@ -16,14 +16,7 @@ import rlur.cli as cli
 from rlur.abtest import ExperimentConfig, run_experiment
 from rlur.training.loop import TrainConfig, Trainer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one intra-op thread is faster (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MODULE = "rlur.abtest.commands"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
 from rlur.abtest import (
@@ -23,14 +22,7 @@ from rlur.agents.fixed import make_fixed_policy
 from rlur.evaluation.rollout import rollout
 from rlur.training.loop import build_world, make_env
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one intra-op thread is faster (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 NAMES = [m.name for m in METRICS]

@@ -20,13 +20,7 @@ from rlur.evaluation.rollout import rollout
 from rlur.sim.env import RetentionEnv
 from rlur.sim.world import GROUPS, SCORE_NAMES, WORLD_PRESETS, World, WorldConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def one_hot(name: str) -> TablePolicy:
