@@ -1,6 +1,9 @@
 """Shared fixtures."""
 
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -16,3 +19,15 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def _run_rlur(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "rlur.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.fixture
+def rlur_cli() -> Callable[..., subprocess.CompletedProcess]:
+    """``rlur_cli("simulate", ...)`` runs the CLI in a subprocess (one thread) and returns the process."""
+    return _run_rlur

@@ -6,9 +6,6 @@ best weighting of the ``tired`` preset in ``tests/test_room_to_learn.py``.
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -109,13 +106,7 @@ def test_time_spent_builds_habit_in_the_habit_preset():
     assert gap > gap_without + 0.25
 
 
-def rlur_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "rlur.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
-
-
-def test_the_flag_reaches_simulate_and_train(tmp_path: Path):
+def test_the_flag_reaches_simulate_and_train(tmp_path: Path, rlur_cli):
     out = tmp_path / "sim.json"
     proc = rlur_cli("simulate", "--users", "64", "--days", "2", "--world-preset", "tired", "--out", str(out),
                     "--no-progress")
@@ -131,7 +122,7 @@ def test_the_flag_reaches_simulate_and_train(tmp_path: Path):
     assert world == WorldConfig.preset("habit", world_seed=1)
 
 
-def test_an_unknown_preset_is_a_one_line_error():
+def test_an_unknown_preset_is_a_one_line_error(rlur_cli):
     proc = rlur_cli("simulate", "--users", "8", "--days", "1", "--world-preset", "nope")
     assert proc.returncode != 0 and "invalid choice" in proc.stderr
     assert "Traceback" not in proc.stderr
