@@ -1,0 +1,78 @@
+"""The diagnostics of docs/critic.md: benchmarks/critic_gradients.py and benchmarks/reward_snr.py."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlur.sim.world import GROUPS, SCORE_NAMES, World, WorldConfig
+from rlur.training.loop import TrainConfig, Trainer
+
+SMALL = WorldConfig(n_videos=400, n_candidates=40)
+
+
+def _load(name: str):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+critic_gradients = _load("critic_gradients")
+reward_snr = _load("reward_snr")
+
+
+def test_agreement_by_hand():
+    g = torch.tensor([[1.0, -2.0, 0.5, 3.0], [0.0, 1.0, -1.0, 2.0]])
+    same = critic_gradients.agreement(g, 2 * g)
+    assert same["twin_cosine"] == pytest.approx(1.0)
+    assert same["sign_agreement"] == pytest.approx(1.0)
+    opposite = critic_gradients.agreement(g, -g)
+    assert opposite["twin_cosine"] == pytest.approx(-1.0)
+    assert opposite["sign_agreement"] == pytest.approx(0.0)
+    # Orthogonal rows: cosine 0; the CI is the mean ± 1.96 standard errors.
+    ortho = critic_gradients.agreement(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    assert ortho["twin_cosine"] == pytest.approx(0.0)
+    lo, hi = ortho["twin_cosine_ci"]
+    assert lo == pytest.approx(0.0) and hi == pytest.approx(0.0)
+
+
+def test_action_gradients_of_a_known_critic():
+    class Linear(torch.nn.Module):
+        def forward(self, obs, action):
+            return (action * torch.tensor([1.0, 2.0])).sum(1), (action * torch.tensor([-1.0, 0.0])).sum(1)
+
+    g1, g2 = critic_gradients.action_gradients(Linear(), torch.zeros(3, 4), torch.zeros(3, 2))
+    assert torch.equal(g1, torch.tensor([[1.0, 2.0]] * 3))
+    assert torch.equal(g2, torch.tensor([[-1.0, 0.0]] * 3))
+
+
+@pytest.mark.parametrize("algo", ["rlur", "rlur-naive"])
+def test_analyse_a_tiny_run(tmp_path, one_thread, algo):
+    cfg = TrainConfig(algo=algo, steps=40, n_users=64, batch_size=64, learning_starts=5,
+                      world=SMALL, eval_every=10**6, eval_users=32,
+                      eval_days=1, checkpoint_every=10**6)
+    Trainer(cfg, tmp_path, progress=False).train()
+    out = critic_gradients.analyse(tmp_path, n_states=256, seed=0)
+    assert -1.0 <= out["Q_T"]["twin_cosine"] <= 1.0
+    assert 0.0 <= out["Q_T"]["sign_agreement"] <= 1.0
+    assert ("Q_I" in out) == (algo == "rlur")
+    assert out["gamma"] == pytest.approx(0.95 if algo == "rlur" else cfg.rlur.gamma)
+
+
+def test_snr_by_hand():
+    a, b = torch.tensor([1.0, 3.0]), torch.tensor([4.0, 6.0])  # means 2 and 5, variances 2 and 2
+    signal, noise, ratio = reward_snr.snr(a, b, credit=3.0)
+    assert signal == pytest.approx(1.0) and noise == pytest.approx(2**0.5) and ratio == pytest.approx(2**-0.5)
+
+
+def test_group_rule_table_and_rewards_on_a_small_world(one_thread):
+    table = reward_snr.group_rule().act(torch.zeros(4, 1), torch.arange(4))
+    assert table[GROUPS.index("high"), SCORE_NAMES.index("watch_time")] == 1.0
+    assert table[GROUPS.index("middle")].tolist().count(1.0) == 2
+    out = reward_snr.rewards(World(SMALL), reward_snr.group_rule(), users=64, steps=40, seed=0)
+    assert out["I"].numel() == 64 * 40
+    assert out["T"].numel() == out["depth"].numel() > 0
+    assert bool((out["T"] > 0).all()) and bool((out["depth"] >= 1).all())
