@@ -21,15 +21,21 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from rlur.agents.rlur import RLURAgent
+from rlur.evaluation.stats import mean_ci
 from rlur.training.loop import TrainConfig, build_world, rlur_config
 
 
 def load_agent(run: Path) -> tuple[RLURAgent, dict, TrainConfig]:
+    """The run's agent as it ended training, its replay buffer's fields and its configuration."""
+    missing = [name for name in ("config.json", "resume.pt") if not (run / name).is_file()]
+    if missing:
+        raise SystemExit(f"{run}: no {' or '.join(missing)} (a run directory of `rlur train` or `rlur benchmark`)")
     cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     if cfg.algo not in ("rlur", "rlur-naive"):
         raise SystemExit(f"{run}: algorithm {cfg.algo!r} has no RLUR critics")
@@ -50,17 +56,15 @@ def action_gradients(critic: torch.nn.Module, obs: torch.Tensor, action: torch.T
     return g1, g2
 
 
-def agreement(g1: torch.Tensor, g2: torch.Tensor) -> dict[str, float]:
+def agreement(g1: torch.Tensor, g2: torch.Tensor) -> dict[str, Any]:
+    """Mean twin cosine (with its 95 % CI over states) and the sign agreement on the components where
+    twin 1's gradient is largest (the upper half by magnitude)."""
     cos = F.cosine_similarity(g1, g2, dim=1)
     big = g1.abs() >= g1.abs().median(dim=1, keepdim=True).values
     sign = ((g1.sign() == g2.sign()) & big).sum(1).float() / big.sum(1).float()
-    lo, hi = _mean_ci(cos)
-    return {"twin_cosine": float(cos.mean()), "twin_cosine_ci": (lo, hi), "sign_agreement": float(sign.mean())}
-
-
-def _mean_ci(x: torch.Tensor) -> tuple[float, float]:
-    half = 1.96 * float(x.std()) / max(x.numel(), 1) ** 0.5
-    return float(x.mean()) - half, float(x.mean()) + half
+    ci = mean_ci(cos.tolist())
+    return {"twin_cosine": ci["mean"], "twin_cosine_ci": (ci["ci_low"], ci["ci_high"]),
+            "sign_agreement": float(sign.mean())}
 
 
 def analyse(run: Path, n_states: int, seed: int) -> dict:

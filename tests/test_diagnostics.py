@@ -76,3 +76,8 @@ def test_group_rule_table_and_rewards_on_a_small_world(one_thread):
     assert out["I"].numel() == 64 * 40
     assert out["T"].numel() == out["depth"].numel() > 0
     assert bool((out["T"] > 0).all()) and bool((out["depth"] >= 1).all())
+
+
+def test_a_directory_without_a_run_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no config.json or resume.pt"):
+        critic_gradients.analyse(tmp_path, n_states=8, seed=0)
