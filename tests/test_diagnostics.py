@@ -79,5 +79,5 @@ def test_group_rule_table_and_rewards_on_a_small_world(one_thread):
 
 
 def test_a_directory_without_a_run_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="no config.json or resume.pt"):
+    with pytest.raises(SystemExit, match=r"no config\.json or resume\.pt"):
         critic_gradients.analyse(tmp_path, n_states=8, seed=0)
