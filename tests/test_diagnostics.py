@@ -81,3 +81,12 @@ def test_group_rule_table_and_rewards_on_a_small_world(one_thread):
 def test_a_directory_without_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match=r"no config\.json or resume\.pt"):
         critic_gradients.analyse(tmp_path, n_states=8, seed=0)
+
+
+def test_the_benchmark_group_rule_is_the_room_to_learn_rule():
+    """reward_snr.py restates the hand-written group rule (a script cannot import the tests): keep them equal."""
+    spec = importlib.util.spec_from_file_location("room", Path(__file__).with_name("test_room_to_learn.py"))
+    room = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(room)
+    expected = torch.stack([room.GROUP_RULE[g] for g in GROUPS])
+    assert torch.equal(reward_snr.group_rule().mu, expected)
