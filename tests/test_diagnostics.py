@@ -1,6 +1,8 @@
-"""The diagnostics of docs/critic.md: benchmarks/critic_gradients.py and benchmarks/reward_snr.py."""
+"""The diagnostics of docs/critic.md: benchmarks/critic_gradients.py, reward_snr.py and metric_weighting.py."""
 
 import importlib.util
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ def _load(name: str):
 
 critic_gradients = _load("critic_gradients")
 reward_snr = _load("reward_snr")
+metric_weighting = _load("metric_weighting")
 
 
 def test_agreement_by_hand():
@@ -90,3 +93,32 @@ def test_the_benchmark_group_rule_is_the_room_to_learn_rule():
     spec.loader.exec_module(room)
     expected = torch.stack([room.GROUP_RULE[g] for g in GROUPS])
     assert torch.equal(reward_snr.group_rule().mu, expected)
+
+
+def test_metric_weighting_by_group_by_hand():
+    num, den = torch.tensor([2.0, 4.0, 9.0, 0.0]), torch.tensor([1.0, 1.0, 3.0, 0.0])
+    out = metric_weighting.per_group(num, den, torch.tensor([0, 0, 2, 3]))
+    assert out["high"] == pytest.approx(3.0) and out["low"] == pytest.approx(3.0)
+    assert math.isnan(out["middle"]) and math.isnan(out["new"])
+
+
+def test_metric_weighting_on_a_tiny_benchmark(tmp_path, one_thread, capsys):
+    for row, algo in (("rlur", "rlur"), ("cem", "cem")):
+        for seed in (0, 1):
+            cfg = TrainConfig(algo=algo, seed=seed, steps=30, n_users=64, batch_size=64, learning_starts=5,
+                              world=SMALL, eval_every=10**6, eval_users=32, eval_days=1, checkpoint_every=10**6)
+            Trainer(cfg, tmp_path / "runs" / row / f"seed{seed}", progress=False).train()
+    out = tmp_path / "mw.json"
+    result = metric_weighting.main([str(tmp_path), "--users", "64", "--days", "3", "--steps", "30", "--out", str(out)])
+    assert set(result["per_seed"]) == {"uniform", "watch-time-only", "group-rule", "rlur", "cem"}
+    assert len(result["per_seed"]["rlur"]) == 2 and set(result["paired_vs_rlur"]) == {"cem"}
+    for runs in result["per_seed"].values():
+        for r in runs:
+            assert all(r[m]["mean"] > 0 for m in metric_weighting.METRICS)
+    assert json.loads(out.read_text())["summary"]["cem"]["per_session"]["n"] == 2
+    assert "| rlur | 2 |" in out.with_suffix(".md").read_text() and "| rlur | 2 |" in capsys.readouterr().out
+
+
+def test_metric_weighting_needs_a_benchmark_directory(tmp_path):
+    with pytest.raises(SystemExit, match="no runs/ directory"):
+        metric_weighting.main([str(tmp_path)])

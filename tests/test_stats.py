@@ -54,3 +54,19 @@ def test_bootstrap_ratio_ci_covers_the_truth():
     assert est == pytest.approx(num.sum() / den.sum())
     assert lo < 0.3 < hi
     assert hi - lo < 0.05
+
+
+def test_per_user_return_day_weighs_every_user_once():
+    """A daily user (10 gaps of 1 day) and one driven away for 21 days (1 gap): by gaps the mean is
+    31 / 11; per user it is (1 + 21) / 2. A user without a gap does not count."""
+    import torch
+
+    from rlur.evaluation.metrics import MetricsRecorder
+
+    rec = MetricsRecorder(n_users=3)
+    rec.gaps = torch.tensor([10.0, 1.0, 0.0], dtype=torch.float64)
+    rec.gap_days = torch.tensor([10.0, 21.0, 0.0], dtype=torch.float64)
+    out = rec.summary(n_boot=50)
+    assert out["avg_return_day"]["mean"] == pytest.approx(31 / 11)
+    assert out["avg_return_day_per_user"]["mean"] == pytest.approx(11.0)
+    assert out["avg_return_day_per_user"]["ci_low"] <= 11.0 <= out["avg_return_day_per_user"]["ci_high"]

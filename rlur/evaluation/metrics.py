@@ -4,7 +4,11 @@ Definitions (the glossary in ``docs/metrics.md`` mirrors this):
 
 * **return gap**: days between two consecutive *active days* of a user (KuaiRand's definition); a
   same-day reopen is not a gap. Known at the end of the last session of a day.
-* ``avg_return_day``: mean return gap, lower is better (the paper's "returning time").
+* ``avg_return_day``: mean return gap, lower is better (the paper's "returning time"). A mean over
+  *gaps*: a user weighs by the number of gaps they have in the window, so frequent users dominate and
+  a user driven away for weeks adds one gap.
+* ``avg_return_day_per_user``: the same per user (each user's mean gap), then averaged over users:
+  every user weighs the same, however rarely they come back.
 * ``day1_retention``: share of return gaps equal to 1 (the paper's "user retention").
 * ``day7_retention``: share of (user, active day t) pairs with the user active again on day t + 7.
 * ``return_day_hist``: share of return gaps at 1..K, then '>K'.
@@ -149,6 +153,7 @@ class MetricsRecorder:
         shown = self.requests * 6
         out: dict = {
             "avg_return_day": ci(self.gap_days, self.gaps),
+            "avg_return_day_per_user": ci(*self.per_user_mean_gap()),
             "day1_retention": ci(self.gap_day1, self.gaps),
             "session_depth": ci(self.session_requests, self.sessions),
             "watch_time_per_request": ci(self.watch, self.requests),
@@ -166,6 +171,12 @@ class MetricsRecorder:
         if self.opens is not None:
             out.update(self._calendar(ci))
         return out
+
+    def per_user_mean_gap(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Numerator and denominator of the mean over users (with at least one gap) of their mean gap."""
+        has_gap = self.gaps > 0
+        mean_gap = torch.where(has_gap, self.gap_days / self.gaps.clamp(min=1), torch.zeros_like(self.gap_days))
+        return mean_gap, has_gap.double()
 
     def _calendar(self, ci) -> dict:
         active = (self.opens > 0).double()

@@ -6,6 +6,7 @@ __all__ = ["format_ci", "print_metrics_table"]
 
 _SCALARS = (
     ("avg_return_day", "average return day (↓)"),
+    ("avg_return_day_per_user", "  the same, per user (↓)"),
     ("day1_retention", "day-1 retention (↑)"),
     ("day7_retention", "day-7 retention (↑)"),
     ("session_depth", "session depth (requests)"),
