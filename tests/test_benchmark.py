@@ -20,7 +20,7 @@ def test_benchmark_quick_end_to_end(tmp_path: Path):
     result = json.loads((out / "results.json").read_text())
     assert set(result["summary"]) == set(ROWS)
     for row in ("cem", "td3", "rlur", "rlur-naive-g0", "rlur-naive-g0.9", "rlur-no-rnd"):
-        for metric in ("avg_return_day", "day1_retention"):
+        for metric in ("avg_return_day", "avg_return_day_per_user", "day1_retention"):
             s = result["summary"][row][metric]
             assert s["ci_low"] <= s["mean"] <= s["ci_high"]
         assert len(result["per_seed"][row]) == 2
@@ -39,7 +39,8 @@ def test_benchmark_rejects_unknown_rows(tmp_path: Path):
 def _run(row: str, seed: int, value: float) -> dict:
     curve = [{"step": s, "avg_return_day": value + 0.01 * seed} for s in (0, 10, 20, 30, 40, 50)]
     return {"row": row, "seed": seed, "curve": curve,
-            "metrics": {"avg_return_day": value + 0.01 * seed, "day1_retention": 0.6,
+            "metrics": {"avg_return_day": value + 0.01 * seed, "avg_return_day_per_user": 2 * value,
+                        "day1_retention": 0.6,
                         "watch_time_per_request": 100.0, "session_depth": 8.0}}
 
 

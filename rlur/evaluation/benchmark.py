@@ -42,9 +42,12 @@ PAPER = {  # Cai et al. 2023, Table 1 (offline simulator on KuaiRand): returning
     "cem": (2.036, 0.587), "td3": (2.009, 0.592), "rlur-naive-g0": (2.001, 0.596),
     "rlur-naive-g0.9": (1.961, 0.601), "rlur": (1.892, 0.618),
 }
-METRICS = ("avg_return_day", "day1_retention", "watch_time_per_request", "session_depth")
-LOWER_IS_BETTER = {"avg_return_day": True, "day1_retention": False, "watch_time_per_request": False,
-                   "session_depth": False}
+#: ``avg_return_day_per_user`` is the same return day with every user weighing the same: the headline
+#: metric weighs users by their return gaps, so it hardly sees users a policy drives away
+#: (docs/critic.md, section 5).
+METRICS = ("avg_return_day", "avg_return_day_per_user", "day1_retention", "watch_time_per_request", "session_depth")
+LOWER_IS_BETTER = {"avg_return_day": True, "avg_return_day_per_user": True, "day1_retention": False,
+                   "watch_time_per_request": False, "session_depth": False}
 
 
 @dataclass
@@ -158,17 +161,19 @@ def results_markdown(result: dict[str, Any]) -> str:
         f"{cfg['n_users']} simulated users per run; final evaluation on {cfg['eval_users']} held-out users over "
         f"{cfg['eval_days']} days. Mean ± 95 % t-interval over seeds; paired t-test of RLUR against each row.",
         "",
-        "| row | avg return day ↓ | day-1 retention ↑ | watch s / request | session depth | RLUR − row "
-        "(return day), p | converged | paper (return day / day-1) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| row | avg return day ↓ | per user ↓ | day-1 retention ↑ | watch s / request | session depth | "
+        "RLUR − row (return day), p | RLUR − row (per user), p | converged | paper (return day / day-1) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row, s in result["summary"].items():
-        p = result["paired_vs_rlur"].get(row, {}).get("avg_return_day")
-        cmp = "—" if p is None else f"{p['diff']:+.3f}, p={p['p_value']:.3g}"
+        paired = result["paired_vs_rlur"].get(row, {})
+        cmp = ["—" if p is None else f"{p['diff']:+.3f}, p={p['p_value']:.3g}"
+               for p in (paired.get("avg_return_day"), paired.get("avg_return_day_per_user"))]
         paper = PAPER.get(row)
         lines.append(
-            f"| {row} | {_fmt(s['avg_return_day'])} | {_fmt(s['day1_retention'])} | "
-            f"{_fmt(s['watch_time_per_request'])} | {_fmt(s['session_depth'])} | {cmp} | "
+            f"| {row} | {_fmt(s['avg_return_day'])} | {_fmt(s['avg_return_day_per_user'])} | "
+            f"{_fmt(s['day1_retention'])} | {_fmt(s['watch_time_per_request'])} | {_fmt(s['session_depth'])} | "
+            f"{cmp[0]} | {cmp[1]} | "
             f"{'yes' if s['converged'] else 'no'} | {'' if paper is None else f'{paper[0]} / {paper[1]}'} |"
         )
     lines += ["", f"Wall time: {result['seconds']:.0f} s with {result['workers']} worker processes.", ""]
