@@ -103,8 +103,8 @@ def evaluate(world: World, policy, args: argparse.Namespace) -> dict[str, Any]:
 
 def find_runs(args: argparse.Namespace) -> dict[str, list[Path]]:
     """Row name → run directories (seed order)."""
-    if args.runs:
-        return {Path(r).name: [Path(r)] for r in args.runs}
+    if args.runs:  # each its own row, named like a benchmark's run: "<row>/seed<N>"
+        return {f"{Path(r).parent.name}/{Path(r).name}": [Path(r)] for r in args.runs}
     root = Path(args.benchmark) / "runs"
     if not root.is_dir():
         raise SystemExit(f"{args.benchmark}: no runs/ directory (the --out directory of `rlur benchmark`)")

@@ -117,6 +117,10 @@ def test_metric_weighting_on_a_tiny_benchmark(tmp_path, one_thread, capsys):
             assert all(r[m]["mean"] > 0 for m in metric_weighting.METRICS)
     assert json.loads(out.read_text())["summary"]["cem"]["per_session"]["n"] == 2
     assert "| rlur | 2 |" in out.with_suffix(".md").read_text() and "| rlur | 2 |" in capsys.readouterr().out
+    runs = [str(tmp_path / "runs" / row / "seed0") for row in ("rlur", "cem")]
+    single = metric_weighting.main(["--runs", *runs, "--no-reference", "--users", "64", "--days", "3", "--steps", "30"])
+    assert set(single["per_seed"]) == {"rlur/seed0", "cem/seed0"}
+    assert single["per_seed"]["cem/seed0"][0]["calendar"] == result["per_seed"]["cem"][0]["calendar"]  # deterministic
 
 
 def test_metric_weighting_needs_a_benchmark_directory(tmp_path):

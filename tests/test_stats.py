@@ -4,9 +4,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats as st
 
-from rlur.evaluation.metrics import bootstrap_ratio_ci
+from rlur.evaluation.metrics import MetricsRecorder, bootstrap_ratio_ci
 from rlur.evaluation.stats import mean_ci, paired_test
 
 
@@ -59,10 +60,6 @@ def test_bootstrap_ratio_ci_covers_the_truth():
 def test_per_user_return_day_weighs_every_user_once():
     """A daily user (10 gaps of 1 day) and one driven away for 21 days (1 gap): by gaps the mean is
     31 / 11; per user it is (1 + 21) / 2. A user without a gap does not count."""
-    import torch
-
-    from rlur.evaluation.metrics import MetricsRecorder
-
     rec = MetricsRecorder(n_users=3)
     rec.gaps = torch.tensor([10.0, 1.0, 0.0], dtype=torch.float64)
     rec.gap_days = torch.tensor([10.0, 21.0, 0.0], dtype=torch.float64)
