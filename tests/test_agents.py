@@ -141,6 +141,32 @@ def test_delayed_return_collector_attaches_returns_one_step_later():
     assert torch.equal(buf.data["session_end"][: buf.size], stored.flatten() > 0)
 
 
+def test_cem_stratified_split_gives_every_member_the_same_group_mix():
+    group = torch.tensor([0] * 40 + [1] * 13 + [2] * 7 + [3] * 4)
+    n, population = len(group), 4
+    counts = {}
+    for stratify in (False, True):
+        search = CEMSearch(K, G, n_users=n, config=CEMConfig(population=population, stratify=stratify), seed=3)
+        search.serve(torch.zeros(n, OBS_DIM), group)
+        counts[stratify] = torch.stack([torch.bincount(group[search.member == m], minlength=G)
+                                        for m in range(population)])  # (members, groups)
+        # every member still gets a quarter of the users
+        assert torch.bincount(search.member, minlength=population).tolist() == [n // population] * population
+        again = CEMSearch(K, G, n_users=n, config=CEMConfig(population=population, stratify=stratify), seed=3)
+        again.serve(torch.zeros(n, OBS_DIM), group)
+        assert torch.equal(again.member, search.member)  # same seed, same split
+    spread = lambda c: (c.max(0).values - c.min(0).values).max().item()  # noqa: E731
+    assert spread(counts[True]) <= 1  # 40, 13, 7, 4 users dealt to 4 members: ⌊n_g/4⌋ or ⌈n_g/4⌉ each
+    assert spread(counts[False]) > 1  # the random split of this seed is uneven
+    # A checkpoint taken before the first serve of a generation resumes to the same split.
+    cfg = CEMConfig(population=population, stratify=True)
+    fresh = CEMSearch(K, G, n_users=n, config=cfg, seed=3)
+    resumed = CEMSearch(K, G, n_users=n, config=cfg, seed=99)
+    resumed.load_state_dict(fresh.state_dict())
+    a, b = (s.serve(torch.zeros(n, OBS_DIM), group)["action"] for s in (fresh, resumed))
+    assert torch.equal(a, b) and torch.equal(fresh.member, resumed.member)
+
+
 def test_cem_moves_towards_the_better_weighting():
     # A toy fitness: members whose first weight is high get short returns.
     search = CEMSearch(K, G, n_users=64, config=CEMConfig(population=8, generation_steps=1, init_std=0.5), seed=0)

@@ -1,4 +1,5 @@
-"""The diagnostics of docs/critic.md: benchmarks/critic_gradients.py, reward_snr.py and metric_weighting.py."""
+"""The diagnostics of docs/critic.md: benchmarks/critic_gradients.py, reward_snr.py, metric_weighting.py and
+normalised_return.py."""
 
 import importlib.util
 import json
@@ -25,6 +26,7 @@ def _load(name: str):
 critic_gradients = _load("critic_gradients")
 reward_snr = _load("reward_snr")
 metric_weighting = _load("metric_weighting")
+normalised_return = _load("normalised_return")
 
 
 def test_agreement_by_hand():
@@ -63,6 +65,32 @@ def test_analyse_a_tiny_run(tmp_path, one_thread, algo):
     assert 0.0 <= out["Q_T"]["sign_agreement"] <= 1.0
     assert ("Q_I" in out) == (algo == "rlur")
     assert out["gamma"] == pytest.approx(0.95 if algo == "rlur" else cfg.rlur.gamma)
+
+
+def test_normalised_return_of_a_tiny_run(tmp_path, one_thread):
+    cfg = TrainConfig(algo="rlur", steps=40, n_users=64, batch_size=64, learning_starts=5, world=SMALL,
+                      eval_every=10**6, eval_users=32, eval_days=1, checkpoint_every=10**6)
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    trainer.train()
+    out = normalised_return.analyse(tmp_path)
+    agent = trainer.learner.agent
+    assert out["t_beta"] == pytest.approx(agent.t_beta()) and out["alpha"] == agent.config.clip_alpha
+    assert out["session_ends"] == sum(g["session_ends"] for g in out["groups"].values()) > 0
+    assert sum(v for v in out["share"].values() if v is not None) == pytest.approx(1.0)
+    for g in out["groups"].values():
+        if g["session_ends"]:
+            assert 0.0 <= g["clipped"] <= 1.0 and 0.0 <= g["mean_p_short"] <= 1.0
+            assert all(r is None or 0.0 <= r <= agent.config.clip_alpha for r in g["reward"].values())
+            # the bound is (1 − P(T ≤ T_β)) · T_β, per session end, averaged
+            assert g["mean_bound"] == pytest.approx((1 - g["mean_p_short"]) * out["t_beta"], rel=1e-4)
+
+
+def test_normalised_return_refuses_a_run_without_normalisation(tmp_path, one_thread):
+    cfg = TrainConfig(algo="rlur-naive", steps=25, n_users=64, batch_size=64, learning_starts=5, world=SMALL,
+                      eval_every=10**6, eval_users=32, eval_days=1, checkpoint_every=10**6)
+    Trainer(cfg, tmp_path, progress=False).train()
+    with pytest.raises(SystemExit, match="does not normalise"):
+        normalised_return.analyse(tmp_path)
 
 
 def test_snr_by_hand():
