@@ -183,3 +183,22 @@ def test_cem_moves_towards_the_better_weighting():
         )
         search.observe(None, served, result)
     assert search.mean[0, 0] > 0.5
+
+
+def test_resume_accepts_a_state_saved_before_a_config_field_existed(tmp_path):
+    import dataclasses
+
+    from rlur.sim.world import WorldConfig
+    from rlur.training.loop import TrainConfig, Trainer
+
+    small = WorldConfig(n_videos=400, n_candidates=40)
+    cfg = TrainConfig(algo="cem", steps=6, n_users=32, world=small, eval_every=10**6, eval_users=16,
+                      eval_days=1, checkpoint_every=3)
+    Trainer(cfg, tmp_path, progress=False).train()
+    state = torch.load(tmp_path / "resume.pt", weights_only=False)
+    del state["config"]["cem"]["stratify"]  # as written before the field existed (its default applies)
+    torch.save(state, tmp_path / "resume.pt")
+    assert Trainer(cfg, tmp_path, progress=False).resume()
+    changed = dataclasses.replace(cfg, cem=dataclasses.replace(cfg.cem, stratify=True))
+    with pytest.raises(ValueError, match="different configuration"):
+        Trainer(changed, tmp_path, progress=False).resume()

@@ -282,7 +282,9 @@ class Trainer:
         if not path.exists():
             return False
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["config"] != self.cfg.to_dict():
+        # Through from_dict, so that a state saved before a config field existed (it then holds that
+        # field's default) still resumes.
+        if TrainConfig.from_dict(state["config"]).to_dict() != self.cfg.to_dict():
             raise ValueError(f"{path} was written by a different configuration; use a new --out")
         layout = None if self.collector is None else self.collector.describe()
         if state.get("collector") != layout:
