@@ -1,29 +1,56 @@
 """The cross-session trade-off of a world: next return against later returns, per activity group.
 
-Serves every user the same fixed weighting (ranking by predicted watch time, or by long views) and
-reports, per group, the mean return day after the users' first session and the mean return day of
-the sessions that end on days 6–11. In the ``habit`` preset middle-activity users return later after
-a watch-time session but sooner later on (time spent builds habit); in the default world watch time
-is worse for them both times (docs/simulator.md).
+Serves every user the same fixed weighting and reports, per group, the mean return day after the
+users' first session (what a myopic learner, γ = 0, optimises) and the mean return day of the
+sessions that end on days 6 .. days − 1 (where the long-term state has moved: what γ > 0 adds).
+Then, per group, the best weighting for each of the two, and what serving the next return's best
+costs later on. A discount can only pay where the two bests differ by more than the noise.
+
+In the ``habit`` preset middle-activity users return later after a watch-time session but sooner
+later on (time spent builds habit); in the default world watch time is worse for them both times
+(docs/simulator.md, docs/critic.md section 7).
 
     python benchmarks/habit_tradeoff.py --world-preset habit
+    python benchmarks/habit_tradeoff.py --world-preset default --weightings uniform,watch_time,long_view+like
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 
 from rlur.agents.policy import TablePolicy
 from rlur.sim.env import RetentionEnv
 from rlur.sim.world import GROUPS, SCORE_NAMES, WORLD_PRESETS, World, WorldConfig
+from rlur.training.checkpoint import atomic_write_json
+
+#: Weightings screened by default: uniform, every score alone that matters here, and the pairs the
+#: group rule and the diagnostics use.
+DEFAULT_WEIGHTINGS = (
+    "uniform", "watch_time", "long_view", "like", "click", "follow", "long_view+like", "watch_time+long_view",
+    "watch_time+like",
+)
+
+
+def weighting(spec: str) -> torch.Tensor:
+    """``"uniform"`` (all weights equal) or ``"a+b+…"`` (those scores at the top weight, the rest 0),
+    as an action in [-1, 1]^k."""
+    if spec == "uniform":
+        return torch.zeros(len(SCORE_NAMES))
+    names = spec.split("+")
+    unknown = [n for n in names if n not in SCORE_NAMES]
+    if unknown:
+        raise SystemExit(f"unknown score(s) {', '.join(unknown)}; choose from uniform, {', '.join(SCORE_NAMES)}")
+    a = -torch.ones(len(SCORE_NAMES))
+    for n in names:
+        a[SCORE_NAMES.index(n)] = 1.0
+    return a
 
 
 def one_hot(name: str) -> TablePolicy:
-    a = -torch.ones(len(SCORE_NAMES))
-    a[SCORE_NAMES.index(name)] = 1.0
-    return TablePolicy(a.unsqueeze(0))
+    return TablePolicy(weighting(name).unsqueeze(0))
 
 
 def returns_by_group(world: World, policy: TablePolicy, users: int, days: int, seed: int) -> tuple[list, list]:
@@ -46,20 +73,52 @@ def returns_by_group(world: World, policy: TablePolicy, users: int, days: int, s
     return (first[:, 0] / first[:, 1]).tolist(), (late[:, 0] / late[:, 1]).tolist()
 
 
+def best_per_group(table: dict[str, tuple[list, list]]) -> dict[str, dict[str, Any]]:
+    """Per group: the weighting with the lowest next return, the one with the lowest later returns,
+    and how much later-return time the first one gives up against the second (0: no trade-off)."""
+    out = {}
+    for k, group in enumerate(GROUPS):
+        myopic = min(table, key=lambda w: table[w][0][k])
+        long_run = min(table, key=lambda w: table[w][1][k])
+        out[group] = {"best_next_return": myopic, "best_later_returns": long_run,
+                      "cost_of_myopia": table[myopic][1][k] - table[long_run][1][k]}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world-preset", choices=WORLD_PRESETS, default="habit")
+    ap.add_argument("--weightings", default=",".join(DEFAULT_WEIGHTINGS),
+                    help="comma-separated: uniform, or scores joined by + (e.g. long_view+like)")
     ap.add_argument("--users", type=int, default=4096)
     ap.add_argument("--days", type=int, default=12)
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--out", help="write the table and the per-group bests as JSON")
     args = ap.parse_args()
+    specs = [w.strip() for w in args.weightings.split(",") if w.strip()]
+    if len(specs) < 1 or args.users < 1 or args.days < 7:
+        raise SystemExit("need at least one weighting, --users ≥ 1 and --days ≥ 7")
+    for spec in specs:
+        weighting(spec)  # fail on a bad name before any simulation
     torch.set_num_threads(1)
     world = World(WorldConfig.preset(args.world_preset))
     print(f"world preset {args.world_preset!r}, {args.users} users, {args.days} days, seed {args.seed}")
-    print(f"{'ranking by':<12}" + "".join(f"{g + ': first / days 6+':>26}" for g in GROUPS))
-    for name in ("watch_time", "long_view"):
-        first, late = returns_by_group(world, one_hot(name), args.users, args.days, args.seed)
-        print(f"{name:<12}" + "".join(f"{f:>15.2f} / {lt:<8.2f}" for f, lt in zip(first, late, strict=True)))
+    width = max(12, *(len(s) for s in specs)) + 1
+    print(f"{'ranking by':<{width}}" + "".join(f"{g + ': first / days 6+':>26}" for g in GROUPS))
+    table = {}
+    for spec in specs:
+        table[spec] = returns_by_group(world, one_hot(spec), args.users, args.days, args.seed)
+        first, late = table[spec]
+        print(f"{spec:<{width}}" + "".join(f"{f:>15.2f} / {lt:<8.2f}" for f, lt in zip(first, late, strict=True)))
+    best = best_per_group(table)
+    print("\nper group: best for the next return | best for later returns | later-return cost of the first")
+    for group, b in best.items():
+        print(f"{group:<7} {b['best_next_return']:<24} {b['best_later_returns']:<24} {b['cost_of_myopia']:+.3f} days")
+    if args.out:
+        atomic_write_json({"world_preset": args.world_preset, "users": args.users, "days": args.days,
+                           "seed": args.seed, "groups": list(GROUPS),
+                           "table": {w: {"first": f, "days_6_plus": lt} for w, (f, lt) in table.items()},
+                           "best": best}, args.out)
 
 
 if __name__ == "__main__":

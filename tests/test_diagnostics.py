@@ -27,6 +27,7 @@ critic_gradients = _load("critic_gradients")
 reward_snr = _load("reward_snr")
 metric_weighting = _load("metric_weighting")
 normalised_return = _load("normalised_return")
+habit_tradeoff = _load("habit_tradeoff")
 
 
 def test_agreement_by_hand():
@@ -91,6 +92,29 @@ def test_normalised_return_refuses_a_run_without_normalisation(tmp_path, one_thr
     Trainer(cfg, tmp_path, progress=False).train()
     with pytest.raises(SystemExit, match="does not normalise"):
         normalised_return.analyse(tmp_path)
+
+
+def test_tradeoff_weightings_and_bests_by_hand():
+    assert torch.equal(habit_tradeoff.weighting("uniform"), torch.zeros(len(SCORE_NAMES)))
+    a = habit_tradeoff.weighting("long_view+like")
+    assert a[SCORE_NAMES.index("long_view")] == 1 and a[SCORE_NAMES.index("like")] == 1 and a.sum() == 2 - (len(a) - 2)
+    with pytest.raises(SystemExit, match="unknown score"):
+        habit_tradeoff.weighting("long_view+nope")
+    # (first return, later returns) per group: "x" is best next time for every group, but for the
+    # second group "y" is better later on, by 0.5 days.
+    table = {"x": ([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 3.0, 4.0]), "y": ([1.5, 2.5, 3.5, 4.5], [1.2, 2.5, 3.1, 4.1])}
+    best = habit_tradeoff.best_per_group(table)
+    assert [best[g]["best_next_return"] for g in GROUPS] == ["x"] * 4
+    assert [best[g]["best_later_returns"] for g in GROUPS] == ["x", "y", "x", "x"]
+    assert best[GROUPS[1]]["cost_of_myopia"] == pytest.approx(0.5) and best[GROUPS[0]]["cost_of_myopia"] == 0
+
+
+def test_tradeoff_returns_on_a_small_world(one_thread):
+    first, late = habit_tradeoff.returns_by_group(World(SMALL), habit_tradeoff.one_hot("long_view"), users=128,
+                                                  days=8, seed=0)
+    assert len(first) == len(late) == len(GROUPS)
+    seen = [x for x in first + late if not math.isnan(x)]
+    assert len(seen) >= 4 and all(x >= 1.0 for x in seen)  # returns on a later day: at least one day
 
 
 def test_snr_by_hand():
