@@ -5,8 +5,8 @@ drawn from ``N(m, s)``, serves each user its member's weights for ``generation_s
 steps, and scores each member by the mean returning time of the sessions that started and ended
 within the window (session-level return). The elite fraction then updates the smoothed mean and
 std. With ``per_group`` one search runs per activity group; with ``stratify`` every member gets the
-same mix of activity groups. The budget is counted in the same
-batched environment steps as every other algorithm.
+same mix of activity groups. The budget is counted in the same batched environment steps as every
+other algorithm.
 """
 
 from __future__ import annotations
