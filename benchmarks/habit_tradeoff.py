@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 
+from rlur.agents.fixed import weighting_action
 from rlur.agents.policy import TablePolicy
 from rlur.sim.env import RetentionEnv
-from rlur.sim.world import GROUPS, SCORE_NAMES, WORLD_PRESETS, World, WorldConfig
+from rlur.sim.world import GROUPS, WORLD_PRESETS, World, WorldConfig
 from rlur.training.checkpoint import atomic_write_json
 
 #: Weightings screened by default: uniform, every score alone that matters here, and the pairs the
@@ -35,22 +36,15 @@ DEFAULT_WEIGHTINGS = (
 
 
 def weighting(spec: str) -> torch.Tensor:
-    """``"uniform"`` (all weights equal) or ``"a+b+…"`` (those scores at the top weight, the rest 0),
-    as an action in [-1, 1]^k."""
-    if spec == "uniform":
-        return torch.zeros(len(SCORE_NAMES))
-    names = spec.split("+")
-    unknown = [n for n in names if n not in SCORE_NAMES]
-    if unknown:
-        raise SystemExit(f"unknown score(s) {', '.join(unknown)}; choose from uniform, {', '.join(SCORE_NAMES)}")
-    a = -torch.ones(len(SCORE_NAMES))
-    for n in names:
-        a[SCORE_NAMES.index(n)] = 1.0
-    return a
+    """``"uniform"`` or ``"a+b+…"`` (rank by those scores only), as an action in [-1, 1]^k."""
+    try:
+        return weighting_action() if spec == "uniform" else weighting_action(*spec.split("+"))
+    except ValueError as e:
+        raise SystemExit(f"{e} (or uniform)") from None
 
 
-def one_hot(name: str) -> TablePolicy:
-    return TablePolicy(weighting(name).unsqueeze(0))
+def fixed_policy(spec: str) -> TablePolicy:
+    return TablePolicy(weighting(spec).unsqueeze(0))
 
 
 def returns_by_group(world: World, policy: TablePolicy, users: int, days: int, seed: int) -> tuple[list, list]:
@@ -107,7 +101,7 @@ def main() -> None:
     print(f"{'ranking by':<{width}}" + "".join(f"{g + ': first / days 6+':>26}" for g in GROUPS))
     table = {}
     for spec in specs:
-        table[spec] = returns_by_group(world, one_hot(spec), args.users, args.days, args.seed)
+        table[spec] = returns_by_group(world, fixed_policy(spec), args.users, args.days, args.seed)
         first, late = table[spec]
         print(f"{spec:<{width}}" + "".join(f"{f:>15.2f} / {lt:<8.2f}" for f, lt in zip(first, late, strict=True)))
     best = best_per_group(table)

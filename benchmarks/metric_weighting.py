@@ -34,11 +34,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from rlur.agents.fixed import weighting_action
 from rlur.agents.policy import TablePolicy, load_policy
 from rlur.evaluation.rollout import rollout
 from rlur.evaluation.stats import mean_ci, paired_test
 from rlur.sim.env import RetentionEnv
-from rlur.sim.world import GROUPS, SCORE_NAMES, World, WorldConfig
+from rlur.sim.world import GROUPS, World, WorldConfig
 from rlur.training.checkpoint import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,11 +49,8 @@ METRICS = ("calendar", "per_user", "per_session")
 
 
 def reference_policies() -> dict[str, TablePolicy]:
-    k = len(SCORE_NAMES)
-    watch = -torch.ones(k)
-    watch[SCORE_NAMES.index("watch_time")] = 1.0
-    return {"uniform": TablePolicy(torch.zeros(1, k)), "watch-time-only": TablePolicy(watch[None]),
-            "group-rule": group_rule()}
+    return {"uniform": TablePolicy(weighting_action()[None]),
+            "watch-time-only": TablePolicy(weighting_action("watch_time")[None]), "group-rule": group_rule()}
 
 
 def per_group(num: torch.Tensor, den: torch.Tensor, group: torch.Tensor) -> dict[str, float]:

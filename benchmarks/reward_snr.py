@@ -23,6 +23,7 @@ import argparse
 
 import torch
 
+from rlur.agents.fixed import weighting_action
 from rlur.agents.policy import TablePolicy
 from rlur.agents.rlur import immediate_reward
 from rlur.sim.env import RetentionEnv
@@ -33,11 +34,7 @@ GROUP_RULE = {"high": ("watch_time",), "middle": ("long_view", "like"), "low": (
 
 
 def group_rule() -> TablePolicy:
-    table = -torch.ones(len(GROUPS), len(SCORE_NAMES))
-    for g, names in GROUP_RULE.items():
-        for n in names:
-            table[GROUPS.index(g), SCORE_NAMES.index(n)] = 1.0
-    return TablePolicy(table)
+    return TablePolicy(torch.stack([weighting_action(*GROUP_RULE[g]) for g in GROUPS]))
 
 
 def rewards(world: World, policy: TablePolicy, users: int, steps: int, seed: int) -> dict[str, torch.Tensor]:

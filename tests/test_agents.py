@@ -202,3 +202,16 @@ def test_resume_accepts_a_state_saved_before_a_config_field_existed(tmp_path):
     changed = dataclasses.replace(cfg, cem=dataclasses.replace(cfg.cem, stratify=True))
     with pytest.raises(ValueError, match="different configuration"):
         Trainer(changed, tmp_path, progress=False).resume()
+
+
+def test_weighting_action_ranks_by_the_named_scores_only():
+    from rlur.agents.fixed import make_fixed_policy, weighting_action
+    from rlur.sim.world import SCORE_NAMES
+
+    assert torch.equal(weighting_action(), torch.zeros(len(SCORE_NAMES)))  # uniform weights
+    a = weighting_action("long_view", "like")
+    top = {SCORE_NAMES.index("long_view"), SCORE_NAMES.index("like")}
+    assert all(a[i] == (1.0 if i in top else -1.0) for i in range(len(SCORE_NAMES)))
+    assert torch.equal(make_fixed_policy("click").action, weighting_action("click"))
+    with pytest.raises(ValueError, match="unknown score"):
+        weighting_action("like", "nope")

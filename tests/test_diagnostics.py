@@ -110,7 +110,7 @@ def test_tradeoff_weightings_and_bests_by_hand():
 
 
 def test_tradeoff_returns_on_a_small_world(one_thread):
-    first, late = habit_tradeoff.returns_by_group(World(SMALL), habit_tradeoff.one_hot("long_view"), users=128,
+    first, late = habit_tradeoff.returns_by_group(World(SMALL), habit_tradeoff.fixed_policy("long_view"), users=128,
                                                   days=8, seed=0)
     assert len(first) == len(late) == len(GROUPS)
     seen = [x for x in first + late if not math.isnan(x)]

@@ -6,7 +6,7 @@ import torch
 
 from rlur.sim.world import SCORE_NAMES
 
-__all__ = ["FIXED_POLICIES", "FixedPolicy", "RandomPolicy", "make_fixed_policy"]
+__all__ = ["FIXED_POLICIES", "FixedPolicy", "RandomPolicy", "make_fixed_policy", "weighting_action"]
 
 
 class FixedPolicy:
@@ -30,9 +30,17 @@ class RandomPolicy:
         return torch.rand(obs.shape[0], self.k, generator=self.rng) * 2 - 1
 
 
-def _one_hot_action(name: str) -> torch.Tensor:
+def weighting_action(*names: str) -> torch.Tensor:
+    """The action that ranks by the named scores only: their weights at the top of the box, every
+    other weight 0 (action −1). With no names, uniform weights (action 0)."""
+    unknown = [n for n in names if n not in SCORE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown score(s) {', '.join(unknown)}; choose from {', '.join(SCORE_NAMES)}")
+    if not names:
+        return torch.zeros(len(SCORE_NAMES))
     a = -torch.ones(len(SCORE_NAMES))
-    a[SCORE_NAMES.index(name)] = 1.0
+    for n in names:
+        a[SCORE_NAMES.index(n)] = 1.0
     return a
 
 
@@ -43,9 +51,9 @@ def make_fixed_policy(name: str, seed: int = 0):
     """``uniform``: every weight equal (action 0). ``click``: all weight on predicted click (the
     engagement-greedy formula). ``random``: fresh random weights per request."""
     if name == "uniform":
-        return FixedPolicy(torch.zeros(len(SCORE_NAMES)))
+        return FixedPolicy(weighting_action())
     if name == "click":
-        return FixedPolicy(_one_hot_action("click"))
+        return FixedPolicy(weighting_action("click"))
     if name == "random":
         return RandomPolicy(seed=seed)
     raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(FIXED_POLICIES)}")
