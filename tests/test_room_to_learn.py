@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from rlur.agents.fixed import weighting_action
 from rlur.agents.policy import TablePolicy
 from rlur.evaluation.rollout import rollout
 from rlur.sim.env import OBS_FIELDS, RetentionEnv
@@ -27,27 +28,20 @@ from rlur.training.loop import evaluate_policy
 USERS, DAYS = 1024, 7
 
 
-def one_hot(*names: str) -> torch.Tensor:
-    a = -torch.ones(len(SCORE_NAMES))
-    for n in names:
-        a[SCORE_NAMES.index(n)] = 1.0
-    return a
-
-
 #: The hand-written rule: what satisfies each activity group (docs/simulator.md).
 GROUP_RULE = {
-    "high": one_hot("watch_time"),  # heavy consumers: long videos watched through
-    "middle": one_hot("long_view", "like"),
-    "low": one_hot("long_view"),  # casual users: short videos they finish
-    "new": one_hot("long_view"),
+    "high": weighting_action("watch_time"),  # heavy consumers: long videos watched through
+    "middle": weighting_action("long_view", "like"),
+    "low": weighting_action("long_view"),  # casual users: short videos they finish
+    "new": weighting_action("long_view"),
 }
 
 
 #: The ``tired`` world's rule: per group, as fresh (middle: long views) ...
-FRESH_RULE = {**GROUP_RULE, "middle": one_hot("long_view")}
+FRESH_RULE = {**GROUP_RULE, "middle": weighting_action("long_view")}
 #: ... and once tired: heavy users then regret long watching (fatigue builds with every request), so
 #: their best weighting late in a session favours liked and shared short videos (docs/simulator.md).
-TIRED_RULE = {**FRESH_RULE, "high": one_hot("like", "forward")}
+TIRED_RULE = {**FRESH_RULE, "high": weighting_action("like", "forward")}
 
 
 def obs_column(field: str) -> int:
@@ -109,14 +103,14 @@ def fixed(action: torch.Tensor) -> TablePolicy:
 
 def test_click_greedy_is_clearly_worse_than_uniform(world):
     uniform = per_user(world, fixed(torch.zeros(len(SCORE_NAMES))), seed=11)
-    click = per_user(world, fixed(one_hot("click")), seed=11)
+    click = per_user(world, fixed(weighting_action("click")), seed=11)
     assert clearly_better(uniform, click)[0]
     assert click[0].sum() / click[1].sum() > uniform[0].sum() / uniform[1].sum() + 0.3
 
 
 def test_a_fixed_weighting_is_clearly_better_than_uniform(world):
     uniform = per_user(world, fixed(torch.zeros(len(SCORE_NAMES))), seed=12)
-    watch_like = per_user(world, fixed(one_hot("watch_time", "like")), seed=12)
+    watch_like = per_user(world, fixed(weighting_action("watch_time", "like")), seed=12)
     assert clearly_better(watch_like, uniform)[0]
 
 
@@ -124,8 +118,8 @@ def test_a_state_dependent_rule_beats_the_best_fixed_weighting(world):
     # Search the fixed weightings: uniform, every one-hot, every pair, and random ones.
     g = torch.Generator().manual_seed(0)
     k = len(SCORE_NAMES)
-    candidates = [torch.zeros(k)] + [one_hot(n) for n in SCORE_NAMES]
-    candidates += [one_hot(a, b) for i, a in enumerate(SCORE_NAMES) for b in SCORE_NAMES[i + 1:]]
+    candidates = [torch.zeros(k)] + [weighting_action(n) for n in SCORE_NAMES]
+    candidates += [weighting_action(a, b) for i, a in enumerate(SCORE_NAMES) for b in SCORE_NAMES[i + 1:]]
     candidates += list(torch.rand(12, k, generator=g) * 2 - 1)
     screen = [evaluate_policy(fixed(c), world, 256, DAYS, 21)["avg_return_day"]["mean"] for c in candidates]
     best = candidates[int(np.argmin(screen))]
