@@ -43,7 +43,7 @@ from rlur.sim.world import GROUPS, World, WorldConfig
 from rlur.training.checkpoint import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reward_snr import group_rule  # the hand-written group rule, kept equal to the tests'
+from reward_snr import group_rule  # the hand-written group rule (rlur.agents.fixed.GROUP_RULE)
 
 METRICS = ("calendar", "per_user", "per_session")
 

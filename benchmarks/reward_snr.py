@@ -23,18 +23,16 @@ import argparse
 
 import torch
 
-from rlur.agents.fixed import weighting_action
+from rlur.agents.fixed import group_rule_actions, weighting_action
 from rlur.agents.policy import TablePolicy
 from rlur.agents.rlur import immediate_reward
 from rlur.sim.env import RetentionEnv
-from rlur.sim.world import GROUPS, SCORE_NAMES, WORLD_PRESETS, World, WorldConfig
-
-#: What satisfies each activity group (docs/simulator.md): the hand-written group rule.
-GROUP_RULE = {"high": ("watch_time",), "middle": ("long_view", "like"), "low": ("long_view",), "new": ("long_view",)}
+from rlur.sim.world import WORLD_PRESETS, World, WorldConfig
 
 
 def group_rule() -> TablePolicy:
-    return TablePolicy(torch.stack([weighting_action(*GROUP_RULE[g]) for g in GROUPS]))
+    """The hand-written group rule (``rlur.agents.fixed.GROUP_RULE``: what satisfies each group)."""
+    return TablePolicy(group_rule_actions())
 
 
 def rewards(world: World, policy: TablePolicy, users: int, steps: int, seed: int) -> dict[str, torch.Tensor]:
@@ -70,7 +68,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     world = World(WorldConfig.preset(args.world_preset, world_seed=args.world_seed))
-    uniform = rewards(world, TablePolicy(torch.zeros(1, len(SCORE_NAMES))), args.users, args.steps, args.seed)
+    uniform = rewards(world, TablePolicy(weighting_action()[None]), args.users, args.steps, args.seed)
     rule = rewards(world, group_rule(), args.users, args.steps, args.seed)
     depth = float(torch.cat((uniform["depth"], rule["depth"])).mean())
     t = snr(uniform["T"], rule["T"], credit=depth)

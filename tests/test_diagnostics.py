@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlur.agents.fixed import GROUP_RULE, group_rule_actions, weighting_action
 from rlur.sim.world import GROUPS, SCORE_NAMES, World, WorldConfig
 from rlur.training.loop import TrainConfig, Trainer
 
@@ -138,13 +139,12 @@ def test_a_directory_without_a_run_is_a_clear_error(tmp_path):
         critic_gradients.analyse(tmp_path, n_states=8, seed=0)
 
 
-def test_the_benchmark_group_rule_is_the_room_to_learn_rule():
-    """reward_snr.py restates the hand-written group rule (a script cannot import the tests): keep them equal."""
-    spec = importlib.util.spec_from_file_location("room", Path(__file__).with_name("test_room_to_learn.py"))
-    room = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(room)
-    expected = torch.stack([room.GROUP_RULE[g] for g in GROUPS])
+def test_the_benchmarks_group_rule_is_the_package_rule():
+    expected = torch.stack([weighting_action(*GROUP_RULE[g]) for g in GROUPS])
     assert torch.equal(reward_snr.group_rule().mu, expected)
+    assert torch.equal(group_rule_actions({**GROUP_RULE, "new": ("follow",)})[3], weighting_action("follow"))
+    with pytest.raises(ValueError, match="no weighting for group"):
+        group_rule_actions({"high": ("watch_time",)})
 
 
 def test_metric_weighting_by_group_by_hand():

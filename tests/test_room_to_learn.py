@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlur.agents.fixed import weighting_action
+from rlur.agents.fixed import GROUP_RULE, group_rule_actions, weighting_action
 from rlur.agents.policy import TablePolicy
 from rlur.evaluation.rollout import rollout
 from rlur.sim.env import OBS_FIELDS, RetentionEnv
@@ -28,20 +28,13 @@ from rlur.training.loop import evaluate_policy
 USERS, DAYS = 1024, 7
 
 
-#: The hand-written rule: what satisfies each activity group (docs/simulator.md).
-GROUP_RULE = {
-    "high": weighting_action("watch_time"),  # heavy consumers: long videos watched through
-    "middle": weighting_action("long_view", "like"),
-    "low": weighting_action("long_view"),  # casual users: short videos they finish
-    "new": weighting_action("long_view"),
-}
-
+# The hand-written rule (what satisfies each activity group) is rlur.agents.fixed.GROUP_RULE.
 
 #: The ``tired`` world's rule: per group, as fresh (middle: long views) ...
-FRESH_RULE = {**GROUP_RULE, "middle": weighting_action("long_view")}
+FRESH_RULE = {**GROUP_RULE, "middle": ("long_view",)}
 #: ... and once tired: heavy users then regret long watching (fatigue builds with every request), so
 #: their best weighting late in a session favours liked and shared short videos (docs/simulator.md).
-TIRED_RULE = {**FRESH_RULE, "high": weighting_action("like", "forward")}
+TIRED_RULE = {**FRESH_RULE, "high": ("like", "forward")}
 
 
 def obs_column(field: str) -> int:
@@ -54,21 +47,16 @@ def obs_column(field: str) -> int:
 REQUEST_INDEX = obs_column("request_index")
 
 
-class GroupRule:
+def group_rule(rule: dict | None = None) -> TablePolicy:
     """The hand-written state rule: one weighting per activity group (``GROUP_RULE`` by default)."""
-
-    def __init__(self, rule: dict | None = None) -> None:
-        self.table = torch.stack([(rule or GROUP_RULE)[g] for g in GROUPS])
-
-    def act(self, obs: torch.Tensor, group: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
-        return self.table[group]
+    return TablePolicy(group_rule_actions(rule))
 
 
 class FatigueRule:
     """``FRESH_RULE`` for the first ``switch_after`` requests of a session, ``TIRED_RULE`` after."""
 
     def __init__(self, switch_after: int = 3) -> None:
-        self.fresh, self.tired = GroupRule(FRESH_RULE), GroupRule(TIRED_RULE)
+        self.fresh, self.tired = group_rule(FRESH_RULE), group_rule(TIRED_RULE)
         self.threshold = switch_after / 10  # the observation holds requests / 10
 
     def act(self, obs: torch.Tensor, group: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
@@ -124,7 +112,7 @@ def test_a_state_dependent_rule_beats_the_best_fixed_weighting(world):
     screen = [evaluate_policy(fixed(c), world, 256, DAYS, 21)["avg_return_day"]["mean"] for c in candidates]
     best = candidates[int(np.argmin(screen))]
     best_fixed = per_user(world, fixed(best), seed=22)  # fresh users: no selection bias
-    rule = per_user(world, GroupRule(), seed=22)
+    rule = per_user(world, group_rule(), seed=22)
     ok, lo, hi = clearly_better(rule, best_fixed)
     assert ok, (lo, hi, best.tolist())
     assert hi < -0.05  # by a margin, not only significantly
@@ -137,8 +125,8 @@ def test_the_best_weighting_differs_across_groups(world):
         return torch.stack([rec.gap_days[env.group == g].sum() / rec.gaps[env.group == g].sum().clamp(min=1)
                             for g in range(len(GROUPS))])
 
-    watch = by_group(GROUP_RULE["high"])
-    long_view = by_group(GROUP_RULE["low"])
+    watch = by_group(weighting_action(*GROUP_RULE["high"]))
+    long_view = by_group(weighting_action(*GROUP_RULE["low"]))
     assert watch[GROUPS.index("high")] < long_view[GROUPS.index("high")]  # watch time wins for heavy users
     assert long_view[GROUPS.index("low")] < watch[GROUPS.index("low")]  # long views win for casual users
     assert long_view[GROUPS.index("new")] < watch[GROUPS.index("new")]
@@ -154,5 +142,5 @@ def test_the_best_weighting_changes_with_fatigue_in_the_tired_world(tired_world,
     # Switching a heavy user's weighting after 3 requests beats keeping either weighting all session.
     switching = per_user(tired_world, FatigueRule(switch_after=3), seed=seed)
     for always in (FRESH_RULE, TIRED_RULE):
-        ok, lo, hi = clearly_better(switching, per_user(tired_world, GroupRule(always), seed=seed))
-        assert ok and hi < -0.02, (always["high"].tolist(), lo, hi)
+        ok, lo, hi = clearly_better(switching, per_user(tired_world, group_rule(always), seed=seed))
+        assert ok and hi < -0.02, (always["high"], lo, hi)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from rlur.sim.world import SCORE_NAMES
+from rlur.sim.world import GROUPS, SCORE_NAMES
 
-__all__ = ["FIXED_POLICIES", "FixedPolicy", "RandomPolicy", "make_fixed_policy", "weighting_action"]
+__all__ = [
+    "FIXED_POLICIES", "GROUP_RULE", "FixedPolicy", "RandomPolicy", "group_rule_actions", "make_fixed_policy",
+    "weighting_action",
+]
 
 
 class FixedPolicy:
@@ -42,6 +45,26 @@ def weighting_action(*names: str) -> torch.Tensor:
     for n in names:
         a[SCORE_NAMES.index(n)] = 1.0
     return a
+
+
+#: The hand-written state rule of the default world: the scores that satisfy each activity group
+#: (docs/simulator.md). Heavy consumers want long videos watched through, middle users finished and
+#: liked ones, casual and new users short videos they finish.
+GROUP_RULE: dict[str, tuple[str, ...]] = {
+    "high": ("watch_time",), "middle": ("long_view", "like"), "low": ("long_view",), "new": ("long_view",),
+}
+
+
+def group_rule_actions(rule: dict[str, tuple[str, ...]] | None = None) -> torch.Tensor:
+    """One action per activity group, ``(G, k)`` in GROUPS order: row g ranks by ``rule[g]``'s
+    scores only (``rule`` defaults to :data:`GROUP_RULE`). ``TablePolicy(group_rule_actions())`` is
+    the hand-written group rule, the simplest state-dependent policy: the reference the room-to-learn
+    test and the diagnostics compare against."""
+    rule = GROUP_RULE if rule is None else rule
+    missing = [g for g in GROUPS if g not in rule]
+    if missing:
+        raise ValueError(f"the rule has no weighting for group(s) {', '.join(missing)}")
+    return torch.stack([weighting_action(*rule[g]) for g in GROUPS])
 
 
 FIXED_POLICIES = ("uniform", "click", "random")
