@@ -41,7 +41,8 @@ def test_every_preset_is_valid_and_round_trips_through_json(name: str):
 
 def test_a_config_saved_before_the_presets_loads_as_the_default_world():
     old = WorldConfig(world_seed=4).to_dict()
-    for key in ("fatigue_regret", "habit_from_time", "time_reference", "return_volatility", "user_volatility"):
+    for key in ("fatigue_regret", "habit_from_time", "time_reference", "return_volatility", "user_volatility",
+                "watch_value"):
         del old[key]
     assert WorldConfig.from_dict(old) == WorldConfig(world_seed=4)
 
@@ -54,10 +55,20 @@ def test_unknown_preset_is_refused_with_the_choices():
 
 
 @pytest.mark.parametrize("bad", [{"return_volatility": (1.0, 1.0)}, {"return_volatility": (1.0, -1.0, 1.0, 1.0)},
-                                 {"user_volatility": -0.1}, {"fatigue_regret": -1.0}])
+                                 {"user_volatility": -0.1}, {"fatigue_regret": -1.0},
+                                 {"watch_value": (1.0, 0.3, -0.4)}])
 def test_bad_mechanism_settings_are_refused(bad: dict):
     with pytest.raises(ValueError):
         WorldConfig(**bad).validate()
+
+
+def test_watch_value_is_the_first_column_of_the_response_value_table():
+    default = World(WorldConfig(n_videos=500, n_candidates=50))
+    longterm = World(WorldConfig.from_dict({**WorldConfig.preset("longterm").to_dict(), "n_videos": 500,
+                                            "n_candidates": 50}))
+    assert default.sat_coef[:, 0].tolist() == pytest.approx([1.0, 0.3, -0.4, -0.1])
+    assert longterm.sat_coef[:, 0].tolist() == pytest.approx(list(WORLD_PRESETS["longterm"]["watch_value"]))
+    assert torch.equal(default.sat_coef[:, 1:], longterm.sat_coef[:, 1:])  # nothing else changes
 
 
 def test_return_noise_is_user_dependent_only_where_asked():

@@ -133,6 +133,9 @@ class WorldConfig:
     time_reference: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5)
     """Typical time spent per shown video / 81 s of each group under the uniform policy (calibrated
     per preset; unused while ``habit_from_time`` is 0)."""
+    watch_value: tuple[float, ...] = (1.0, 0.3, -0.4, -0.1)
+    """Satisfaction per 81 s watched, per group (high, middle, low, new): the first column of the
+    response-value table. Heavy users value time spent most in the default world."""
     return_volatility: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     """Scale of the return noise (``return_noise``) per group (high, middle, low, new)."""
     user_volatility: float = 0.0
@@ -153,7 +156,8 @@ class WorldConfig:
     def from_dict(cls, d: dict) -> WorldConfig:
         d = dict(d)
         d["group_mix"] = tuple(d["group_mix"])
-        for key in ("behaviour_bias", "return_day_bias", "sat_reference", "return_volatility", "time_reference"):
+        for key in ("behaviour_bias", "return_day_bias", "sat_reference", "return_volatility", "time_reference",
+                    "watch_value"):
             if key in d:  # configs saved before a field existed get its default
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -165,6 +169,8 @@ class WorldConfig:
             raise ValueError(f"n_videos ({self.n_videos}) must be ≥ n_candidates ({self.n_candidates})")
         if len(self.group_mix) != len(GROUPS) or min(self.group_mix) < 0 or sum(self.group_mix) <= 0:
             raise ValueError(f"group_mix needs {len(GROUPS)} non-negative shares, got {self.group_mix}")
+        if len(self.watch_value) != len(GROUPS):
+            raise ValueError(f"watch_value needs {len(GROUPS)} values, got {self.watch_value}")
         if len(self.return_volatility) != len(GROUPS) or min(self.return_volatility) < 0:
             raise ValueError(f"return_volatility needs {len(GROUPS)} non-negative scales, got {self.return_volatility}")
         if self.user_volatility < 0 or self.fatigue_regret < 0:
@@ -191,6 +197,7 @@ _COEF_REPEAT = (-0.3, -0.5, -0.2, -0.2, -0.2, -0.2, -0.2, 2.0)
 # click-bait clicks and the duration (z-score) of clicked videos. Heavy users are satisfied by
 # watch time (long videos watched through); casual users by short, liked videos; new users by
 # follows. So the best fusion weighting differs across activity groups.
+# The watch column is WorldConfig.watch_value's default; a preset may change it.
 #                      watch click long like follow comment fwd profile hate  bait  duration
 _SAT_COEF = (
     (1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.3, -4.0, -0.3, 0.0),  # high: heavy consumers, watch time
@@ -228,6 +235,11 @@ _GROUP_REOPEN = (0.4, 0.0, -0.6, -0.3)
 #:   (for middle-activity users, ranking by watch time costs the next return but builds habit that
 #:   pays later; docs/simulator.md), and the return's noise is scaled
 #:   per group and per user (``return_volatility``, ``user_volatility``): heteroscedastic uncertainty.
+#: * ``longterm``: ``habit`` with three times the habit from time spent, and heavy users who enjoy
+#:   watching less (``watch_value``): a cross-session trade-off for middle-activity users (ranking by
+#:   watch time costs the next return and pays 0.5 days a week later) and a long-run gain for heavy
+#:   users 2.6 times their next-return gain. Built to test whether a discount pays where the world
+#:   gives it something to find (docs/critic.md section 8).
 #: * ``tired``: ``habit``, plus tired users regret long watching (``fatigue_regret``), so late in a
 #:   session short, liked videos win and the best weighting changes with fatigue
 #:   (``tests/test_room_to_learn.py``). It is not the default because it turns RLUR's watch-time
@@ -244,6 +256,18 @@ WORLD_PRESETS: dict[str, dict] = {
         "leave_bias": -3.104,
         "sat_reference": (0.463, 0.336, 0.645, 0.247),
         "time_reference": (0.464, 0.425, 0.394, 0.394),
+    },
+    "longterm": {
+        "habit_from_time": 3.0,
+        "watch_value": (0.2, 0.3, -0.4, -0.1),
+        "return_volatility": (0.6, 1.0, 1.6, 1.4),
+        "user_volatility": 0.5,
+        "behaviour_bias": (0.204, -0.773, -6.409, -7.794, -7.552, -9.461, -5.493, -9.018),
+        "return_day_bias": (-0.085, -0.637, -0.336),
+        "reopen_bias": -0.933,
+        "leave_bias": -3.33,
+        "sat_reference": (0.093, 0.325, 0.633, 0.243),
+        "time_reference": (0.469, 0.413, 0.383, 0.381),
     },
     "tired": {
         "habit_from_time": 1.0,
@@ -292,6 +316,7 @@ class World:
         self.coef_fatigue = coef(_COEF_FATIGUE)
         self.coef_repeat = coef(_COEF_REPEAT)
         self.sat_coef = coef(_SAT_COEF)
+        self.sat_coef[:, 0] = coef(c.watch_value)
         self.repeat_fatigue = coef(_REPEAT_FATIGUE)
         self.group_return = coef(_GROUP_RETURN)
         self.group_habit = coef(_GROUP_HABIT)
