@@ -135,7 +135,7 @@ class WorldConfig:
     per preset; unused while ``habit_from_time`` is 0)."""
     watch_value: tuple[float, ...] = (1.0, 0.3, -0.4, -0.1)
     """Satisfaction per 81 s watched, per group (high, middle, low, new): the first column of the
-    response-value table. Heavy users value time spent most in the default world."""
+    response-value table (``World.sat_coef``). Heavy users value time spent most in the default world."""
     return_volatility: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     """Scale of the return noise (``return_noise``) per group (high, middle, low, new)."""
     user_volatility: float = 0.0
@@ -193,17 +193,17 @@ _COEF_FATIGUE = (-0.35, -0.45, -0.2, -0.2, -0.2, -0.2, -0.2, 0.5)
 _COEF_REPEAT = (-0.3, -0.5, -0.2, -0.2, -0.2, -0.2, -0.2, 2.0)
 
 # Per-group value of each response for the user's satisfaction (signed). Rows: high, middle, low,
-# new. Columns: watch time (seconds / 81 s, KuaiRand's median duration), then BEHAVIOURS, then
+# new. The first column, watch time (seconds / 81 s, KuaiRand's median duration), is
+# WorldConfig.watch_value (a preset may change it); the columns here follow it: BEHAVIOURS, then
 # click-bait clicks and the duration (z-score) of clicked videos. Heavy users are satisfied by
 # watch time (long videos watched through); casual users by short, liked videos; new users by
 # follows. So the best fusion weighting differs across activity groups.
-# The watch column is WorldConfig.watch_value's default; a preset may change it.
-#                      watch click long like follow comment fwd profile hate  bait  duration
-_SAT_COEF = (
-    (1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.3, -4.0, -0.3, 0.0),  # high: heavy consumers, watch time
-    (0.3, 0.0, 0.5, 2.0, 3.0, 2.0, 2.0, 0.5, -5.0, -0.8, 0.0),  # middle
-    (-0.4, 0.0, 1.0, 4.0, 3.0, 2.0, 3.0, 0.5, -8.0, -1.6, -0.8),  # low: short liked videos, no click-bait
-    (-0.1, 0.0, 0.6, 2.0, 8.0, 2.0, 2.0, 1.5, -6.0, -0.8, -0.4),  # new: won over by follows
+#                     click long like follow comment fwd profile hate  bait  duration
+_SAT_COEF_RESPONSES = (
+    (0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.3, -4.0, -0.3, 0.0),  # high: heavy consumers (watch time 1.0)
+    (0.0, 0.5, 2.0, 3.0, 2.0, 2.0, 0.5, -5.0, -0.8, 0.0),  # middle
+    (0.0, 1.0, 4.0, 3.0, 2.0, 3.0, 0.5, -8.0, -1.6, -0.8),  # low: short liked videos, no click-bait
+    (0.0, 0.6, 2.0, 8.0, 2.0, 2.0, 1.5, -6.0, -0.8, -0.4),  # new: won over by follows
 )
 # How each group's *true* responses weigh topic affinity, video quality and click-bait, relative to
 # the population-average response the point-wise predictors learned (rows: high, middle, low, new).
@@ -315,8 +315,8 @@ class World:
         self.coef_affinity = coef(_COEF_AFFINITY)
         self.coef_fatigue = coef(_COEF_FATIGUE)
         self.coef_repeat = coef(_COEF_REPEAT)
-        self.sat_coef = coef(_SAT_COEF)
-        self.sat_coef[:, 0] = coef(c.watch_value)
+        #: Satisfaction value of each response per group: watch time, then _SAT_COEF_RESPONSES.
+        self.sat_coef = torch.cat((coef(c.watch_value)[:, None], coef(_SAT_COEF_RESPONSES)), dim=1)
         self.repeat_fatigue = coef(_REPEAT_FATIGUE)
         self.group_return = coef(_GROUP_RETURN)
         self.group_habit = coef(_GROUP_HABIT)
