@@ -1,5 +1,5 @@
-"""The diagnostics of docs/critic.md: benchmarks/critic_gradients.py, reward_snr.py, metric_weighting.py and
-normalised_return.py."""
+"""The diagnostics of docs/critic.md: benchmarks/critic_gradients.py, reward_snr.py, metric_weighting.py,
+normalised_return.py, and the pooled comparison of benchmarks (pooled_comparison.py)."""
 
 import importlib.util
 import json
@@ -29,6 +29,7 @@ reward_snr = _load("reward_snr")
 metric_weighting = _load("metric_weighting")
 normalised_return = _load("normalised_return")
 habit_tradeoff = _load("habit_tradeoff")
+pooled = _load("pooled_comparison")
 
 
 def test_agreement_by_hand():
@@ -178,3 +179,50 @@ def test_metric_weighting_on_a_tiny_benchmark(tmp_path, one_thread, capsys):
 def test_metric_weighting_needs_a_benchmark_directory(tmp_path):
     with pytest.raises(SystemExit, match="no runs/ directory"):
         metric_weighting.main([str(tmp_path)])
+
+
+def _results(rows: dict[str, list[float]], metric: str = "avg_return_day") -> dict:
+    return {"per_seed": {row: [{"seed": i, metric: v} for i, v in enumerate(vals)] for row, vals in rows.items()}}
+
+
+def test_pooled_comparison_by_hand():
+    # World 1: A − B = 1, 2, 3; world 2: A − B = 5, 7 (its third seed has no B). Pooled: 1, 2, 3, 5, 7.
+    one = _results({"a": [11.0, 12.0, 13.0], "b": [10.0, 10.0, 10.0]})
+    two = _results({"a": [5.0, 7.0, 9.0], "b": [0.0, 0.0]})
+    out = pooled.pooled_comparison({"w1": one, "w2": two}, "a", "b", "avg_return_day")
+    assert out["per_benchmark"]["w1"]["diff"] == pytest.approx(2.0)
+    assert out["per_benchmark"]["w2"]["seeds"] == [0, 1]
+    assert out["pooled"]["n"] == 5
+    assert out["pooled"]["diff"] == pytest.approx(3.6)
+    # t = mean / (sd / √n); the differences' sample variance is 23.2 / 4 = 5.8; p: t with 4 dof.
+    assert out["pooled"]["t"] == pytest.approx(3.6 / math.sqrt(5.8 / 5))
+    assert out["pooled"]["p_value"] == pytest.approx(0.0288, abs=5e-4)
+
+
+def test_pooled_comparison_writes_json_and_markdown(tmp_path, capsys):
+    for name, shift in (("w1", 0.1), ("w2", 0.3)):
+        (tmp_path / name).mkdir()
+        rows = {"rlur": [1.0, 1.1, 1.2], "cem": [1.0 + shift, 1.2 + shift, 1.1 + shift]}
+        (tmp_path / name / "results.json").write_text(json.dumps(_results(rows)))
+    code = pooled.main([str(tmp_path / "w1"), str(tmp_path / "w2"), "--rows", "rlur,cem",
+                        "--out", str(tmp_path / "p.json"), "--markdown", str(tmp_path / "p.md")])
+    assert code == 0
+    (comparison,) = json.loads((tmp_path / "p.json").read_text())
+    assert comparison["pooled"]["diff"] == pytest.approx(-0.2)
+    assert comparison["pooled"]["n"] == 6
+    table = (tmp_path / "p.md").read_text()
+    assert "| rlur − cem | -0.200 [" in table
+    assert "pooled" in capsys.readouterr().out
+
+
+def test_pooled_comparison_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "results.json").write_text(json.dumps(_results({"rlur": [1.0, 2.0], "cem": [1.0, 2.0]})))
+    assert pooled.main([str(tmp_path / "w"), "--rows", "rlur,td3"]) == 2
+    assert "row 'td3' is not in these results" in capsys.readouterr().err
+    assert pooled.main([str(tmp_path / "w"), "--rows", "rlur"]) == 2
+    assert "two rows" in capsys.readouterr().err
+    assert pooled.main([str(tmp_path / "w"), "--rows", "rlur,cem", "--metrics", "watch"]) == 2
+    assert "metric 'watch'" in capsys.readouterr().err
+    assert pooled.main([str(tmp_path / "nothing"), "--rows", "rlur,cem"]) == 2
+    assert "no results.json" in capsys.readouterr().err
