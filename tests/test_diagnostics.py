@@ -226,3 +226,6 @@ def test_pooled_comparison_errors_are_one_line(tmp_path, capsys):
     assert "metric 'watch'" in capsys.readouterr().err
     assert pooled.main([str(tmp_path / "nothing"), "--rows", "rlur,cem"]) == 2
     assert "no results.json" in capsys.readouterr().err
+    disjoint = {"per_seed": {"rlur": [{"seed": 0, "avg_return_day": 1.0}], "cem": [{"seed": 1, "avg_return_day": 2.0}]}}
+    with pytest.raises(ValueError, match="share no seed"):
+        pooled.pooled_comparison({"w": disjoint}, "rlur", "cem", "avg_return_day")
