@@ -6,9 +6,10 @@
   hand-written rule with one weighting per group beats the best single fixed weighting found by a
   search; and it changes with fatigue inside a session, so a rule that switches a heavy user's
   weighting after a few requests beats both of the weightings it switches between. That last
-  property holds in the ``tired`` world preset (tired users regret long watching), not yet in the
-  default world (see docs/simulator.md). Without state dependence, a static search such as CEM
-  would already be optimal and no RL method could beat it.
+  property holds in the ``tired`` world preset (tired users regret long watching) and in the
+  ``weary`` preset (tired users skip long videos), not in the default world, where even a rule that
+  sees the true fatigue does not beat the group rule (see docs/simulator.md). Without state
+  dependence, a static search such as CEM would already be optimal and no RL method could beat it.
 
 Comparisons run on the same held-out users with the same protocol; "clearly better" means the
 paired bootstrap 95 % CI (resampling users) of the difference in average return day excludes 0.
@@ -45,6 +46,9 @@ def obs_column(field: str) -> int:
 
 #: Observation column of the request index inside the session (requests served / 10).
 REQUEST_INDEX = obs_column("request_index")
+#: Observation column of the sessions already started today (/ 3): a same-day reopen keeps half
+#: of the fatigue the last session ended with.
+OPENS_TODAY = obs_column("opens_today")
 
 
 def group_rule(rule: dict | None = None) -> TablePolicy:
@@ -53,15 +57,20 @@ def group_rule(rule: dict | None = None) -> TablePolicy:
 
 
 class FatigueRule:
-    """``FRESH_RULE`` for the first ``switch_after`` requests of a session, ``TIRED_RULE`` after."""
+    """``fresh`` for the first ``switch_after`` requests of a session, ``tired`` after; with
+    ``reopen_tired``, ``tired`` all through a same-day reopen as well."""
 
-    def __init__(self, switch_after: int = 3) -> None:
-        self.fresh, self.tired = group_rule(FRESH_RULE), group_rule(TIRED_RULE)
+    def __init__(self, switch_after: int = 3, fresh: dict = FRESH_RULE, tired: dict = TIRED_RULE,
+                 reopen_tired: bool = False) -> None:
+        self.fresh, self.tired = group_rule(fresh), group_rule(tired)
         self.threshold = switch_after / 10  # the observation holds requests / 10
+        self.reopen_tired = reopen_tired
 
     def act(self, obs: torch.Tensor, group: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
-        tired = (obs[:, REQUEST_INDEX] >= self.threshold - 1e-6)[:, None]
-        return torch.where(tired, self.tired.act(obs, group), self.fresh.act(obs, group))
+        tired = obs[:, REQUEST_INDEX] >= self.threshold - 1e-6
+        if self.reopen_tired:
+            tired |= obs[:, OPENS_TODAY] > 0
+        return torch.where(tired[:, None], self.tired.act(obs, group), self.fresh.act(obs, group))
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +111,19 @@ def test_a_fixed_weighting_is_clearly_better_than_uniform(world):
     assert clearly_better(watch_like, uniform)[0]
 
 
-def test_a_state_dependent_rule_beats_the_best_fixed_weighting(world):
-    # Search the fixed weightings: uniform, every one-hot, every pair, and random ones.
+def best_fixed_weighting(world: World) -> torch.Tensor:
+    """The fixed weighting a static search finds: uniform, every one-hot, every pair, random ones."""
     g = torch.Generator().manual_seed(0)
     k = len(SCORE_NAMES)
     candidates = [torch.zeros(k)] + [weighting_action(n) for n in SCORE_NAMES]
     candidates += [weighting_action(a, b) for i, a in enumerate(SCORE_NAMES) for b in SCORE_NAMES[i + 1:]]
     candidates += list(torch.rand(12, k, generator=g) * 2 - 1)
     screen = [evaluate_policy(fixed(c), world, 256, DAYS, 21)["avg_return_day"]["mean"] for c in candidates]
-    best = candidates[int(np.argmin(screen))]
+    return candidates[int(np.argmin(screen))]
+
+
+def test_a_state_dependent_rule_beats_the_best_fixed_weighting(world):
+    best = best_fixed_weighting(world)
     best_fixed = per_user(world, fixed(best), seed=22)  # fresh users: no selection bias
     rule = per_user(world, group_rule(), seed=22)
     ok, lo, hi = clearly_better(rule, best_fixed)
@@ -144,3 +157,34 @@ def test_the_best_weighting_changes_with_fatigue_in_the_tired_world(tired_world,
     for always in (FRESH_RULE, TIRED_RULE):
         ok, lo, hi = clearly_better(switching, per_user(tired_world, group_rule(always), seed=seed))
         assert ok and hi < -0.02, (always["high"], lo, hi)
+
+
+#: The ``weary`` world's rule once tired: heavy users then skip the long videos that ranking by
+#: predicted watch time serves them, so their best weighting favours (shorter) long views.
+WEARY_RULE = {**GROUP_RULE, "high": ("long_view",)}
+
+
+@pytest.fixture(scope="module")
+def weary_world() -> World:
+    return World(WorldConfig.preset("weary"))
+
+
+def weary_rule() -> FatigueRule:
+    """Heavy users: watch time for the first 3 requests of the day's first session, long views after
+    and through every same-day reopen; the other groups as in ``GROUP_RULE``."""
+    return FatigueRule(3, GROUP_RULE, WEARY_RULE, reopen_tired=True)
+
+
+@pytest.mark.parametrize("seed", [41, 42])
+def test_the_best_weighting_changes_with_fatigue_in_the_weary_world(weary_world, seed):
+    switching = per_user(weary_world, weary_rule(), seed=seed)
+    for always in (GROUP_RULE, WEARY_RULE):  # either weighting kept all the time
+        ok, lo, hi = clearly_better(switching, per_user(weary_world, group_rule(always), seed=seed))
+        assert ok and hi < -0.05, (always["high"], lo, hi)
+
+
+def test_the_fatigue_rule_beats_the_best_fixed_weighting_in_the_weary_world(weary_world):
+    best = best_fixed_weighting(weary_world)
+    ok, lo, hi = clearly_better(per_user(weary_world, weary_rule(), seed=22),
+                                per_user(weary_world, fixed(best), seed=22))
+    assert ok and hi < -0.05, (lo, hi, best.tolist())

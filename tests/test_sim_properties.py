@@ -30,6 +30,8 @@ CONFIGS: tuple[WorldConfig, ...] = (
     WorldConfig(n_videos=500, n_candidates=12, slate_size=3),
     # every mechanism of the presets on (fatigue regret, habit from time, user-dependent return noise)
     WorldConfig.from_dict({**WorldConfig.preset("tired").to_dict(), "n_videos": 500, "n_candidates": 50}),
+    # tired users skipping long videos
+    WorldConfig.from_dict({**WorldConfig.preset("weary").to_dict(), "n_videos": 500, "n_candidates": 50}),
 )
 PROPS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -45,6 +45,9 @@ CONFIGS = (
     # the presets' mechanisms (fatigue regret, habit from time spent, user-dependent return noise)
     WorldConfig.from_dict({**WorldConfig.preset("tired", world_seed=5).to_dict(), "n_videos": 500,
                            "n_candidates": 50}),
+    # tired users skipping long videos (the ``weary`` preset)
+    WorldConfig.from_dict({**WorldConfig.preset("weary", world_seed=6).to_dict(), "n_videos": 500,
+                           "n_candidates": 50}),
 )
 
 
@@ -116,6 +119,9 @@ class _ReferenceEnv(RetentionEnv):
         )
         taste = w.group_duration[g] - env_module.FATIGUE_DURATION * self.fatigue
         logit[..., _LONG] += w.video_duration_z[shown] * taste[:, None]
+        skip = self.config.fatigue_skip * self.fatigue[:, None] * w.video_duration_z[shown].clamp(min=0)
+        logit[..., _CLICK] -= skip
+        logit[..., _LONG] -= skip
         p = torch.sigmoid(logit)
         u = torch.rand(b, s, R + 1, generator=self.rng)
         p_click = p[..., _CLICK]

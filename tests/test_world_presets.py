@@ -1,7 +1,7 @@
 """World presets (``--world-preset``): the variants' mechanisms, and the flag end to end.
 
 The calibration of every preset is checked in ``tests/test_calibration.py``, the fatigue-dependent
-best weighting of the ``tired`` preset in ``tests/test_room_to_learn.py``.
+best weighting of the ``tired`` and ``weary`` presets in ``tests/test_room_to_learn.py``.
 """
 
 import dataclasses
@@ -15,7 +15,7 @@ from rlur.agents.policy import TablePolicy
 from rlur.evaluation.benchmark import BenchmarkConfig, run_benchmark
 from rlur.evaluation.rollout import rollout
 from rlur.sim.env import RetentionEnv
-from rlur.sim.world import GROUPS, SCORE_NAMES, WORLD_PRESETS, World, WorldConfig
+from rlur.sim.world import BEHAVIOURS, GROUPS, SCORE_NAMES, WORLD_PRESETS, World, WorldConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,7 +55,7 @@ def test_unknown_preset_is_refused_with_the_choices():
 
 
 @pytest.mark.parametrize("bad", [{"return_volatility": (1.0, 1.0)}, {"return_volatility": (1.0, -1.0, 1.0, 1.0)},
-                                 {"user_volatility": -0.1}, {"fatigue_regret": -1.0},
+                                 {"user_volatility": -0.1}, {"fatigue_regret": -1.0}, {"fatigue_skip": -1.0},
                                  {"watch_value": (1.0, 0.3, -0.4)}])
 def test_bad_mechanism_settings_are_refused(bad: dict):
     with pytest.raises(ValueError):
@@ -100,6 +100,29 @@ def test_fatigue_regret_lowers_the_value_of_watching_by_exactly_its_term():
     expected = sat0 - 0.85 * envs[0].fatigue * (w0 / 81.0).mean(1)
     torch.testing.assert_close(sat1, expected, rtol=1e-5, atol=1e-5)
     assert (sat1[1:] < sat0[1:]).all()
+
+
+def test_tired_users_skip_long_videos_only_where_asked():
+    base = WorldConfig(n_videos=500, n_candidates=50)
+    skip = dataclasses.replace(base, fatigue_skip=6.0)
+    envs = [RetentionEnv(World(c), n_users=256, seed=3) for c in (base, skip)]
+    for env in envs:
+        env.fatigue = torch.linspace(0.0, 3.0, 256)
+    watch_time = one_hot("watch_time").act(torch.zeros(256, 1), torch.zeros(256, dtype=torch.long))
+    shown, shown_too = (env.rank(watch_time)[1] for env in envs)
+    assert torch.equal(shown, shown_too)  # the predictors do not see fatigue: same slates
+    (r0, w0, _, _), (r1, w1, _, _) = (env._respond(shown) for env in envs)
+    click, long_view = BEHAVIOURS.index("click"), BEHAVIOURS.index("long_view")
+    dur_z = envs[0].world.video_duration_z[shown]
+    # Same uniforms, lower probabilities: skipping only ever turns a click (or long view) into none,
+    for b in (click, long_view):
+        assert (r1[..., b] <= r0[..., b]).all()
+    # only for videos longer than average, shown to a tired user; a fresh user is untouched,
+    changed = (r1[..., click] != r0[..., click])
+    assert (dur_z[changed] > 0).all() and not changed[0].any()
+    # and the skipped seconds show in the watch time, which RLUR's heuristic reward counts.
+    assert w1.sum() < 0.8 * w0.sum()
+    assert torch.equal(r1[0], r0[0]) and torch.equal(w1[0], w0[0])
 
 
 def _mean_habit(config: WorldConfig, policy: TablePolicy) -> float:

@@ -327,6 +327,10 @@ class RetentionEnv:
         # with the user's group and fatigue.
         taste = w.group_duration.index_select(0, g) - FATIGUE_DURATION * self.fatigue
         logit3[_LONG].add_(dur_z.view(b, s) * taste[:, None])
+        if self.config.fatigue_skip:  # tired users skip long videos (0 in the default world)
+            skip = dur_z.view(b, s).clamp(min=0).mul_((self.config.fatigue_skip * self.fatigue)[:, None])
+            logit3[_CLICK].sub_(skip)
+            logit3[_LONG].sub_(skip)
         p = logit.sigmoid_()
         u = torch.rand(b, s, _R + 1, generator=self.rng).view(n, _R + 1).t()  # (R + 1, B·S) view
         p_click = p[_CLICK]

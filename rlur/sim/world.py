@@ -125,6 +125,10 @@ class WorldConfig:
     fatigue_regret: float = 0.0
     """How much each unit of fatigue lowers the satisfaction of 81 s of watching, for every group.
     0 in the default world; the ``tired`` preset (:meth:`preset`) turns it on."""
+    fatigue_skip: float = 0.0
+    """How much each unit of fatigue lowers the click and long-view logits of a long video, per unit
+    of its duration z-score above the mean: tired users skip long videos. 0 in the default world; the
+    ``weary`` preset (:meth:`preset`) turns it on."""
     habit_from_time: float = 0.0
     """Weight of a session's time spent (watch seconds per shown video / 81 s, relative to its group's
     level under uniform weights, ``time_reference``) in the target of the long-term habit. Habits form
@@ -173,8 +177,8 @@ class WorldConfig:
             raise ValueError(f"watch_value needs {len(GROUPS)} values, got {self.watch_value}")
         if len(self.return_volatility) != len(GROUPS) or min(self.return_volatility) < 0:
             raise ValueError(f"return_volatility needs {len(GROUPS)} non-negative scales, got {self.return_volatility}")
-        if self.user_volatility < 0 or self.fatigue_regret < 0:
-            raise ValueError("user_volatility and fatigue_regret must be non-negative")
+        if self.user_volatility < 0 or self.fatigue_regret < 0 or self.fatigue_skip < 0:
+            raise ValueError("user_volatility, fatigue_regret and fatigue_skip must be non-negative")
         if self.return_horizon_days < self.max_return_day:
             raise ValueError("return_horizon_days must be ≥ max_return_day")
 
@@ -244,6 +248,11 @@ _GROUP_REOPEN = (0.4, 0.0, -0.6, -0.3)
 #:   session short, liked videos win and the best weighting changes with fatigue
 #:   (``tests/test_room_to_learn.py``). It is not the default because it turns RLUR's watch-time
 #:   heuristic against retention: see ``docs/benchmark/tired/`` and the README.
+#: * ``weary``: the default world, plus tired users skip long videos (``fatigue_skip``), so a heavy
+#:   user's best weighting turns from watch time to long views as fatigue builds, inside a session
+#:   and across same-day reopens (``tests/test_room_to_learn.py``). Unlike the regret of ``tired``,
+#:   skipping shows in the immediate feedback (fewer clicks, long views and watch seconds), so
+#:   RLUR's heuristic reward agrees with it: see ``docs/benchmark/weary/`` and the README.
 WORLD_PRESETS: dict[str, dict] = {
     "default": {},
     "habit": {
@@ -280,6 +289,15 @@ WORLD_PRESETS: dict[str, dict] = {
         "leave_bias": -3.511,
         "sat_reference": (0.131, 0.065, 0.401, 0.027),
         "time_reference": (0.475, 0.43, 0.395, 0.392),
+    },
+    "weary": {
+        "fatigue_skip": 6.0,
+        "behaviour_bias": (1.349, -0.175, -6.176, -7.719, -7.477, -9.435, -5.364, -9.013),
+        "return_day_bias": (0.107, -0.433, -0.222),
+        "reopen_bias": -0.912,
+        "leave_bias": -3.141,
+        "sat_reference": (0.334, 0.331, 0.827, 0.353),
+        "time_reference": (0.331, 0.338, 0.323, 0.337),
     },
 }
 
