@@ -7,8 +7,9 @@
   search; and it changes with fatigue inside a session, so a rule that switches a heavy user's
   weighting after a few requests beats both of the weightings it switches between. That last
   property holds in the ``tired`` world preset (tired users regret long watching) and in the
-  ``weary`` preset (tired users skip long videos), not in the default world, where even a rule that
-  sees the true fatigue does not beat the group rule (see docs/simulator.md). Without state
+  ``weary`` preset (tired users skip long videos, and fresh users' best weighting still differs by
+  group), not in the default world, where even a rule that sees the true fatigue does not beat the
+  group rule (see docs/simulator.md). Without state
   dependence, a static search such as CEM would already be optimal and no RL method could beat it.
 
 Comparisons run on the same held-out users with the same protocol; "clearly better" means the
@@ -188,3 +189,19 @@ def test_the_fatigue_rule_beats_the_best_fixed_weighting_in_the_weary_world(wear
     ok, lo, hi = clearly_better(per_user(weary_world, weary_rule(), seed=22),
                                 per_user(weary_world, fixed(best), seed=22))
     assert ok and hi < -0.05, (lo, hi, best.tolist())
+
+
+def test_in_the_weary_world_the_fresh_best_weighting_differs_across_groups(weary_world):
+    # What pays for a fresh heavy user (watch time first) costs a casual user dearly.
+    def by_group(policy) -> torch.Tensor:
+        env = RetentionEnv(weary_world, n_users=USERS, seed=43)
+        rec, _ = rollout(env, policy, days=DAYS)
+        return torch.stack([rec.gap_days[env.group == g].sum() / rec.gaps[env.group == g].sum().clamp(min=1)
+                            for g in range(len(GROUPS))])
+
+    everyone_starts_on_watch_time = {g: ("watch_time",) for g in GROUPS}
+    heavy_only = by_group(weary_rule())
+    everyone = by_group(FatigueRule(3, everyone_starts_on_watch_time, WEARY_RULE, reopen_tired=True))
+    assert heavy_only[GROUPS.index("high")] == everyone[GROUPS.index("high")]  # the same rule for them
+    for group in ("low", "new"):
+        assert everyone[GROUPS.index(group)] > heavy_only[GROUPS.index(group)] + 1.0, group
