@@ -87,33 +87,32 @@ def test_return_noise_is_user_dependent_only_where_asked():
         assert torch.equal(users[key], plain[key]), key
 
 
-def test_fatigue_regret_lowers_the_value_of_watching_by_exactly_its_term():
+def _respond_in_both(variant: dict, n: int, action: torch.Tensor):
+    """The same ``n`` users, tired from 0 to 3, served the same slates in a small world without and
+    with the mechanism ``variant``: ``(env without, shown, responses without, responses with)``."""
     base = WorldConfig(n_videos=500, n_candidates=50)
-    regret = dataclasses.replace(base, fatigue_regret=0.85)
-    envs = [RetentionEnv(World(c), n_users=64, seed=3) for c in (base, regret)]
+    envs = [RetentionEnv(World(c), n_users=n, seed=3) for c in (base, dataclasses.replace(base, **variant))]
     for env in envs:
-        env.fatigue = torch.linspace(0.0, 3.0, 64)
-    shown, shown_too = (env.rank(torch.zeros(64, len(SCORE_NAMES)))[1] for env in envs)
-    assert torch.equal(shown, shown_too)  # same users, same draws: the regret does not touch ranking
-    (r0, w0, sat0, _), (r1, w1, sat1, _) = (env._respond(shown) for env in envs)
+        env.fatigue = torch.linspace(0.0, 3.0, n)
+    shown, shown_too = (env.rank(action.expand(n, -1))[1] for env in envs)
+    assert torch.equal(shown, shown_too)  # same users, same draws: the predictors do not see fatigue
+    return envs[0], shown, envs[0]._respond(shown), envs[1]._respond(shown)
+
+
+def test_fatigue_regret_lowers_the_value_of_watching_by_exactly_its_term():
+    env, _, (r0, w0, sat0, _), (r1, w1, sat1, _) = _respond_in_both(
+        {"fatigue_regret": 0.85}, 64, torch.zeros(len(SCORE_NAMES)))
     assert torch.equal(r0, r1) and torch.equal(w0, w1)  # the responses do not change, only their value
-    expected = sat0 - 0.85 * envs[0].fatigue * (w0 / 81.0).mean(1)
+    expected = sat0 - 0.85 * env.fatigue * (w0 / 81.0).mean(1)
     torch.testing.assert_close(sat1, expected, rtol=1e-5, atol=1e-5)
     assert (sat1[1:] < sat0[1:]).all()
 
 
 def test_tired_users_skip_long_videos_only_where_asked():
-    base = WorldConfig(n_videos=500, n_candidates=50)
-    skip = dataclasses.replace(base, fatigue_skip=6.0)
-    envs = [RetentionEnv(World(c), n_users=256, seed=3) for c in (base, skip)]
-    for env in envs:
-        env.fatigue = torch.linspace(0.0, 3.0, 256)
-    watch_time = one_hot("watch_time").act(torch.zeros(256, 1), torch.zeros(256, dtype=torch.long))
-    shown, shown_too = (env.rank(watch_time)[1] for env in envs)
-    assert torch.equal(shown, shown_too)  # the predictors do not see fatigue: same slates
-    (r0, w0, _, _), (r1, w1, _, _) = (env._respond(shown) for env in envs)
+    watch_time = one_hot("watch_time").mu[0]
+    env, shown, (r0, w0, _, _), (r1, w1, _, _) = _respond_in_both({"fatigue_skip": 6.0}, 256, watch_time)
     click, long_view = BEHAVIOURS.index("click"), BEHAVIOURS.index("long_view")
-    dur_z = envs[0].world.video_duration_z[shown]
+    dur_z = env.world.video_duration_z[shown]
     # Same uniforms, lower probabilities: skipping only ever turns a click (or long view) into none,
     for b in (click, long_view):
         assert (r1[..., b] <= r0[..., b]).all()
