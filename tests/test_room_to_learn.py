@@ -86,6 +86,14 @@ def per_user(world: World, policy, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return rec.gap_days.numpy(), rec.gaps.numpy()
 
 
+def return_day_by_group(world: World, policy, seed: int) -> torch.Tensor:
+    """Average return day of each activity group (GROUPS order), USERS users of ``seed`` over DAYS."""
+    env = RetentionEnv(world, n_users=USERS, seed=seed)
+    rec, _ = rollout(env, policy, days=DAYS)
+    return torch.stack([rec.gap_days[env.group == g].sum() / rec.gaps[env.group == g].sum().clamp(min=1)
+                        for g in range(len(GROUPS))])
+
+
 def clearly_better(a: tuple, b: tuple, n_boot: int = 400) -> tuple[bool, float, float]:
     """Paired bootstrap over users of ``ratio(a) − ratio(b)``; True when its 95 % CI is below 0."""
     rng = np.random.default_rng(0)
@@ -133,14 +141,8 @@ def test_a_state_dependent_rule_beats_the_best_fixed_weighting(world):
 
 
 def test_the_best_weighting_differs_across_groups(world):
-    def by_group(action: torch.Tensor) -> torch.Tensor:
-        env = RetentionEnv(world, n_users=USERS, seed=31)
-        rec, _ = rollout(env, fixed(action), days=DAYS)
-        return torch.stack([rec.gap_days[env.group == g].sum() / rec.gaps[env.group == g].sum().clamp(min=1)
-                            for g in range(len(GROUPS))])
-
-    watch = by_group(weighting_action(*GROUP_RULE["high"]))
-    long_view = by_group(weighting_action(*GROUP_RULE["low"]))
+    watch = return_day_by_group(world, fixed(weighting_action(*GROUP_RULE["high"])), seed=31)
+    long_view = return_day_by_group(world, fixed(weighting_action(*GROUP_RULE["low"])), seed=31)
     assert watch[GROUPS.index("high")] < long_view[GROUPS.index("high")]  # watch time wins for heavy users
     assert long_view[GROUPS.index("low")] < watch[GROUPS.index("low")]  # long views win for casual users
     assert long_view[GROUPS.index("new")] < watch[GROUPS.index("new")]
@@ -193,15 +195,10 @@ def test_the_fatigue_rule_beats_the_best_fixed_weighting_in_the_weary_world(wear
 
 def test_in_the_weary_world_the_fresh_best_weighting_differs_across_groups(weary_world):
     # What pays for a fresh heavy user (watch time first) costs a casual user dearly.
-    def by_group(policy) -> torch.Tensor:
-        env = RetentionEnv(weary_world, n_users=USERS, seed=43)
-        rec, _ = rollout(env, policy, days=DAYS)
-        return torch.stack([rec.gap_days[env.group == g].sum() / rec.gaps[env.group == g].sum().clamp(min=1)
-                            for g in range(len(GROUPS))])
-
     everyone_starts_on_watch_time = {g: ("watch_time",) for g in GROUPS}
-    heavy_only = by_group(weary_rule())
-    everyone = by_group(FatigueRule(3, everyone_starts_on_watch_time, WEARY_RULE, reopen_tired=True))
+    heavy_only = return_day_by_group(weary_world, weary_rule(), seed=43)
+    everyone = return_day_by_group(
+        weary_world, FatigueRule(3, everyone_starts_on_watch_time, WEARY_RULE, reopen_tired=True), seed=43)
     assert heavy_only[GROUPS.index("high")] == everyone[GROUPS.index("high")]  # the same rule for them
     for group in ("low", "new"):
         assert everyone[GROUPS.index(group)] > heavy_only[GROUPS.index(group)] + 1.0, group
