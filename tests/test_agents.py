@@ -215,3 +215,29 @@ def test_weighting_action_ranks_by_the_named_scores_only():
     assert torch.equal(make_fixed_policy("click").action, weighting_action("click"))
     with pytest.raises(ValueError, match="unknown score"):
         weighting_action("like", "nope")
+
+
+def test_the_fatigue_switch_rule_reads_the_request_index_and_same_day_opens():
+    from rlur.agents.fixed import GROUP_RULE, WEARY_TIRED_RULE, FatigueSwitchRule, weary_rule, weighting_action
+    from rlur.sim.env import OBS_FIELDS, obs_column
+    from rlur.sim.world import GROUPS
+
+    assert obs_column("group_onehot") == 0 and obs_column("request_index") == len(GROUPS)
+    assert obs_column("opens_today") == len(GROUPS) + 1
+    with pytest.raises(ValueError, match="unknown observation field"):
+        obs_column("fatigue")  # latent: not in the observation
+    assert sum(size for _, size, _ in OBS_FIELDS) == OBS_DIM
+    # Four heavy users: the 1st and 3rd request of a day's first session, the 4th, and a reopen's 1st.
+    obs = torch.zeros(4, OBS_DIM)
+    obs[:, obs_column("request_index")] = torch.tensor([0.0, 0.2, 0.3, 0.0])
+    obs[3, obs_column("opens_today")] = 1 / 3
+    heavy = torch.full((4,), GROUPS.index("high"))
+    watch, long_view = weighting_action("watch_time"), weighting_action("long_view")
+    expected = torch.stack([watch, watch, long_view, long_view])
+    assert torch.equal(weary_rule().act(obs, heavy), expected)
+    no_reopen = FatigueSwitchRule(GROUP_RULE, WEARY_TIRED_RULE, switch_after=3)
+    assert torch.equal(no_reopen.act(obs, heavy)[3], watch)  # a reopen alone does not count as tired
+    low = torch.full((4,), GROUPS.index("low"))  # the other groups keep their group weighting
+    assert torch.equal(weary_rule().act(obs, low), weighting_action(*GROUP_RULE["low"]).expand(4, -1))
+    with pytest.raises(ValueError, match="non-negative"):
+        FatigueSwitchRule(GROUP_RULE, WEARY_TIRED_RULE, switch_after=-1)

@@ -30,6 +30,7 @@ metric_weighting = _load("metric_weighting")
 normalised_return = _load("normalised_return")
 habit_tradeoff = _load("habit_tradeoff")
 pooled = _load("pooled_comparison")
+rule_ceiling = _load("rule_ceiling")
 
 
 def test_agreement_by_hand():
@@ -179,6 +180,43 @@ def test_metric_weighting_on_a_tiny_benchmark(tmp_path, one_thread, capsys):
 def test_metric_weighting_needs_a_benchmark_directory(tmp_path):
     with pytest.raises(SystemExit, match="no runs/ directory"):
         metric_weighting.main([str(tmp_path)])
+
+
+def test_rule_ceiling_share_of_the_room_by_hand():
+    # CEM at 2.0, best rule at 1.6: a room of 0.4 days. Seeds at 1.8 and 1.7 find 0.5 and 0.75 of it.
+    share = rule_ceiling.room_found([1.8, 1.7], cem=2.0, best=1.6)
+    assert share["mean"] == pytest.approx(0.625) and share["n"] == 2
+    assert share["ci_low"] < 0.625 < share["ci_high"]
+    day1 = rule_ceiling.room_found([0.65, 0.70], cem=0.60, best=0.70, lower_is_better=False)
+    assert day1["mean"] == pytest.approx(0.75)
+    assert math.isnan(rule_ceiling.room_found([1.8], cem=2.0, best=2.1)["mean"])  # no room: no share
+    rules = {"a": {"avg_return_day": 1.9, "day1_retention": 0.6}, "b": {"avg_return_day": 1.6, "day1_retention": 0.7}}
+    assert rule_ceiling.best_rule(rules) == "b"
+    result = {"summary": {"cem": {"avg_return_day": {"mean": 2.0}, "day1_retention": {"mean": 0.6}}},
+              "per_seed": {"cem": [{"avg_return_day": 2.1, "day1_retention": 0.6},
+                                   {"avg_return_day": 1.9, "day1_retention": 0.6}],
+                           "rlur": [{"avg_return_day": 1.6, "day1_retention": 0.7},
+                                    {"avg_return_day": 1.8, "day1_retention": 0.65}]}}
+    out = rule_ceiling.share_of_room(result, rules)
+    assert out["cem"]["avg_return_day"]["mean"] == pytest.approx(0.0)
+    assert out["rlur"]["avg_return_day"]["mean"] == pytest.approx(0.75)
+    assert out["rlur"]["day1_retention"]["mean"] == pytest.approx(0.75)
+    del result["per_seed"]["cem"]
+    with pytest.raises(SystemExit, match="no cem row"):
+        rule_ceiling.share_of_room(result, rules)
+
+
+def test_rule_ceiling_end_to_end(tmp_path, one_thread, capsys):
+    out = tmp_path / "ceiling.json"
+    report = rule_ceiling.main(["--users", "64", "--days", "2", "--out", str(out)])
+    assert set(report["rules"]) == set(rule_ceiling.RULES)
+    assert all(r["avg_return_day"] > 0 and 0 <= r["day1_retention"] <= 1 for r in report["rules"].values())
+    assert json.loads(out.read_text())["best_rule"] == report["best_rule"]
+    assert "| fatigue_rule |" in out.with_suffix(".md").read_text() and "| group_rule |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"results\.json not found"):
+        rule_ceiling.main(["--benchmark", str(tmp_path)])
+    with pytest.raises(SystemExit, match="must be positive"):
+        rule_ceiling.main(["--users", "0"])
 
 
 def _results(rows: dict[str, list[float]], metric: str = "avg_return_day") -> dict:

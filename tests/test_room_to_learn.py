@@ -20,10 +20,17 @@ import numpy as np
 import pytest
 import torch
 
-from rlur.agents.fixed import GROUP_RULE, group_rule_actions, weighting_action
+from rlur.agents.fixed import (
+    GROUP_RULE,
+    WEARY_TIRED_RULE,
+    FatigueSwitchRule,
+    group_rule_actions,
+    weary_rule,
+    weighting_action,
+)
 from rlur.agents.policy import TablePolicy
 from rlur.evaluation.rollout import rollout
-from rlur.sim.env import OBS_FIELDS, RetentionEnv
+from rlur.sim.env import RetentionEnv
 from rlur.sim.world import GROUPS, SCORE_NAMES, World, WorldConfig
 from rlur.training.loop import evaluate_policy
 
@@ -39,39 +46,9 @@ FRESH_RULE = {**GROUP_RULE, "middle": ("long_view",)}
 TIRED_RULE = {**FRESH_RULE, "high": ("like", "forward")}
 
 
-def obs_column(field: str) -> int:
-    """The first column of ``field`` in the flat observation (layout: ``OBS_FIELDS``)."""
-    names = [name for name, _, _ in OBS_FIELDS]
-    return sum(size for _, size, _ in OBS_FIELDS[: names.index(field)])
-
-
-#: Observation column of the request index inside the session (requests served / 10).
-REQUEST_INDEX = obs_column("request_index")
-#: Observation column of the sessions already started today (/ 3): a same-day reopen keeps half
-#: of the fatigue the last session ended with.
-OPENS_TODAY = obs_column("opens_today")
-
-
 def group_rule(rule: dict | None = None) -> TablePolicy:
     """The hand-written state rule: one weighting per activity group (``GROUP_RULE`` by default)."""
     return TablePolicy(group_rule_actions(rule))
-
-
-class FatigueRule:
-    """``fresh`` for the first ``switch_after`` requests of a session, ``tired`` after; with
-    ``reopen_tired``, ``tired`` all through a same-day reopen as well."""
-
-    def __init__(self, switch_after: int = 3, fresh: dict = FRESH_RULE, tired: dict = TIRED_RULE,
-                 reopen_tired: bool = False) -> None:
-        self.fresh, self.tired = group_rule(fresh), group_rule(tired)
-        self.threshold = switch_after / 10  # the observation holds requests / 10
-        self.reopen_tired = reopen_tired
-
-    def act(self, obs: torch.Tensor, group: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
-        tired = obs[:, REQUEST_INDEX] >= self.threshold - 1e-6
-        if self.reopen_tired:
-            tired |= obs[:, OPENS_TODAY] > 0
-        return torch.where(tired[:, None], self.tired.act(obs, group), self.fresh.act(obs, group))
 
 
 @pytest.fixture(scope="module")
@@ -156,15 +133,10 @@ def tired_world() -> World:
 @pytest.mark.parametrize("seed", [41, 42])
 def test_the_best_weighting_changes_with_fatigue_in_the_tired_world(tired_world, seed):
     # Switching a heavy user's weighting after 3 requests beats keeping either weighting all session.
-    switching = per_user(tired_world, FatigueRule(switch_after=3), seed=seed)
+    switching = per_user(tired_world, FatigueSwitchRule(FRESH_RULE, TIRED_RULE, switch_after=3), seed=seed)
     for always in (FRESH_RULE, TIRED_RULE):
         ok, lo, hi = clearly_better(switching, per_user(tired_world, group_rule(always), seed=seed))
         assert ok and hi < -0.02, (always["high"], lo, hi)
-
-
-#: The ``weary`` world's rule once tired: heavy users then skip the long videos that ranking by
-#: predicted watch time serves them, so their best weighting favours (shorter) long views.
-WEARY_RULE = {**GROUP_RULE, "high": ("long_view",)}
 
 
 @pytest.fixture(scope="module")
@@ -172,16 +144,15 @@ def weary_world() -> World:
     return World(WorldConfig.preset("weary"))
 
 
-def weary_rule() -> FatigueRule:
-    """Heavy users: watch time for the first 3 requests of the day's first session, long views after
-    and through every same-day reopen; the other groups as in ``GROUP_RULE``."""
-    return FatigueRule(3, GROUP_RULE, WEARY_RULE, reopen_tired=True)
+# The ``weary`` world's rule (rlur.agents.fixed.weary_rule): heavy users ranked by watch time for the
+# first 3 requests of the day's first session, by long views (WEARY_TIRED_RULE) after that and
+# through every same-day reopen.
 
 
 @pytest.mark.parametrize("seed", [41, 42])
 def test_the_best_weighting_changes_with_fatigue_in_the_weary_world(weary_world, seed):
     switching = per_user(weary_world, weary_rule(), seed=seed)
-    for always in (GROUP_RULE, WEARY_RULE):  # either weighting kept all the time
+    for always in (GROUP_RULE, WEARY_TIRED_RULE):  # either weighting kept all the time
         ok, lo, hi = clearly_better(switching, per_user(weary_world, group_rule(always), seed=seed))
         assert ok and hi < -0.05, (always["high"], lo, hi)
 
@@ -197,8 +168,8 @@ def test_in_the_weary_world_the_fresh_best_weighting_differs_across_groups(weary
     # What pays for a fresh heavy user (watch time first) costs a casual user dearly.
     everyone_starts_on_watch_time = {g: ("watch_time",) for g in GROUPS}
     heavy_only = return_day_by_group(weary_world, weary_rule(), seed=43)
-    everyone = return_day_by_group(
-        weary_world, FatigueRule(3, everyone_starts_on_watch_time, WEARY_RULE, reopen_tired=True), seed=43)
+    everyone_rule = FatigueSwitchRule(everyone_starts_on_watch_time, WEARY_TIRED_RULE, 3, reopen_tired=True)
+    everyone = return_day_by_group(weary_world, everyone_rule, seed=43)
     assert heavy_only[GROUPS.index("high")] == everyone[GROUPS.index("high")]  # the same rule for them
     for group in ("low", "new"):
         assert everyone[GROUPS.index(group)] > heavy_only[GROUPS.index(group)] + 1.0, group

@@ -1,14 +1,17 @@
-"""Fixed (non-learning) policies: uniform, click-greedy and random fusion weights."""
+"""Fixed (non-learning) policies: uniform, click-greedy and random fusion weights, and the hand-written
+state rules the room-to-learn tests and ``benchmarks/rule_ceiling.py`` compare learners against."""
 
 from __future__ import annotations
 
 import torch
 
+from rlur.agents.policy import TablePolicy
+from rlur.sim.env import obs_column
 from rlur.sim.world import GROUPS, SCORE_NAMES
 
 __all__ = [
-    "FIXED_POLICIES", "GROUP_RULE", "FixedPolicy", "RandomPolicy", "group_rule_actions", "make_fixed_policy",
-    "weighting_action",
+    "FIXED_POLICIES", "GROUP_RULE", "WEARY_TIRED_RULE", "FatigueSwitchRule", "FixedPolicy", "RandomPolicy",
+    "group_rule_actions", "make_fixed_policy", "weary_rule", "weighting_action",
 ]
 
 
@@ -65,6 +68,40 @@ def group_rule_actions(rule: dict[str, tuple[str, ...]] | None = None) -> torch.
     if missing:
         raise ValueError(f"the rule has no weighting for group(s) {', '.join(missing)}")
     return torch.stack([weighting_action(*rule[g]) for g in GROUPS])
+
+
+#: The ``weary`` world's rule once tired: heavy users then skip the long videos that ranking by
+#: predicted watch time serves them, so long views (shorter videos) suit them better.
+WEARY_TIRED_RULE: dict[str, tuple[str, ...]] = {**GROUP_RULE, "high": ("long_view",)}
+
+
+class FatigueSwitchRule:
+    """A hand-written fatigue rule: the group rule ``fresh`` for a session's first ``switch_after``
+    requests, ``tired`` after them; with ``reopen_tired``, ``tired`` all through a same-day reopen as
+    well (a reopen keeps half the fatigue the last session ended with). It reads only the observation
+    (``request_index``, ``opens_today``), so a learner could represent it."""
+
+    def __init__(self, fresh: dict[str, tuple[str, ...]], tired: dict[str, tuple[str, ...]],
+                 switch_after: int = 3, reopen_tired: bool = False) -> None:
+        if switch_after < 0:
+            raise ValueError(f"switch_after must be non-negative, got {switch_after}")
+        self.fresh, self.tired = TablePolicy(group_rule_actions(fresh)), TablePolicy(group_rule_actions(tired))
+        self.threshold = switch_after / 10  # the observation holds requests / 10
+        self.reopen_tired = reopen_tired
+        self.request_index, self.opens_today = obs_column("request_index"), obs_column("opens_today")
+
+    def act(self, obs: torch.Tensor, group: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        tired = obs[:, self.request_index] >= self.threshold - 1e-6
+        if self.reopen_tired:
+            tired |= obs[:, self.opens_today] > 0
+        return torch.where(tired[:, None], self.tired.act(obs, group), self.fresh.act(obs, group))
+
+
+def weary_rule() -> FatigueSwitchRule:
+    """The ``weary`` world's fatigue rule: heavy users ranked by watch time for the first 3 requests
+    of the day's first session, by long views after that and through every same-day reopen; the
+    other groups as in :data:`GROUP_RULE` (docs/simulator.md, ``tests/test_room_to_learn.py``)."""
+    return FatigueSwitchRule(GROUP_RULE, WEARY_TIRED_RULE, switch_after=3, reopen_tired=True)
 
 
 FIXED_POLICIES = ("uniform", "click", "random")

@@ -25,7 +25,9 @@ import torch
 from rlur.sim.ranking import action_to_weights
 from rlur.sim.world import BEHAVIOURS, GROUPS, SATIATION, SCORE_NAMES, World, WorldConfig
 
-__all__ = ["OBS_DIM", "OBS_FIELDS", "RetentionEnv", "StepResult", "env_state_dict", "load_env_state_dict"]
+__all__ = [
+    "OBS_DIM", "OBS_FIELDS", "RetentionEnv", "StepResult", "env_state_dict", "load_env_state_dict", "obs_column",
+]
 
 _R = len(BEHAVIOURS)
 #: How much each unit of fatigue lowers the long-view logit per unit of video duration (z-score).
@@ -56,6 +58,14 @@ OBS_FIELDS: tuple[tuple[str, int, str], ...] = (
     ("interest_concentration", 1, "profile feature: share of the user's top-3 topics in its interests"),
 )
 OBS_DIM = sum(size for _, size, _ in OBS_FIELDS)
+
+
+def obs_column(field: str) -> int:
+    """The first column of ``field`` in the flat observation (layout: ``OBS_FIELDS``)."""
+    names = [name for name, _, _ in OBS_FIELDS]
+    if field not in names:
+        raise ValueError(f"unknown observation field {field!r}; choose from {', '.join(names)}")
+    return sum(size for _, size, _ in OBS_FIELDS[: names.index(field)])
 
 
 @dataclass
