@@ -119,7 +119,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--benchmark", type=Path, help="a benchmark directory: its world, protocol and rows")
+    ap.add_argument("--benchmark", type=Path,
+                    help="a benchmark directory: its world, protocol and rows (the world and protocol options "
+                         "below are then taken from its results.json)")
     ap.add_argument("--world-preset", choices=WORLD_PRESETS, default="default")
     ap.add_argument("--world-seed", type=int, default=0)
     ap.add_argument("--users", type=int, default=4096)

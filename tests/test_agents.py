@@ -219,14 +219,13 @@ def test_weighting_action_ranks_by_the_named_scores_only():
 
 def test_the_fatigue_switch_rule_reads_the_request_index_and_same_day_opens():
     from rlur.agents.fixed import GROUP_RULE, WEARY_TIRED_RULE, FatigueSwitchRule, weary_rule, weighting_action
-    from rlur.sim.env import OBS_FIELDS, obs_column
+    from rlur.sim.env import obs_column
     from rlur.sim.world import GROUPS
 
     assert obs_column("group_onehot") == 0 and obs_column("request_index") == len(GROUPS)
     assert obs_column("opens_today") == len(GROUPS) + 1
     with pytest.raises(ValueError, match="unknown observation field"):
         obs_column("fatigue")  # latent: not in the observation
-    assert sum(size for _, size, _ in OBS_FIELDS) == OBS_DIM
     # Four heavy users: the 1st and 3rd request of a day's first session, the 4th, and a reopen's 1st.
     obs = torch.zeros(4, OBS_DIM)
     obs[:, obs_column("request_index")] = torch.tensor([0.0, 0.2, 0.3, 0.0])
