@@ -31,6 +31,7 @@ import torch
 
 from rlur.agents.fixed import GROUP_RULE, FixedPolicy, group_rule_actions, weary_rule, weighting_action
 from rlur.agents.policy import TablePolicy
+from rlur.cli import positive_int
 from rlur.evaluation.stats import mean_ci
 from rlur.sim.world import WORLD_PRESETS, World, WorldConfig
 from rlur.training.checkpoint import atomic_write_json
@@ -124,8 +125,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "below are then taken from its results.json)")
     ap.add_argument("--world-preset", choices=WORLD_PRESETS, default="default")
     ap.add_argument("--world-seed", type=int, default=0)
-    ap.add_argument("--users", type=int, default=4096)
-    ap.add_argument("--days", type=int, default=14)
+    ap.add_argument("--users", type=positive_int, default=4096)
+    ap.add_argument("--days", type=positive_int, default=14)
     ap.add_argument("--seed", type=int, default=7_000_001, help="evaluation seed (the benchmark's by default)")
     ap.add_argument("--out", type=Path, help="write the report as JSON here (and Markdown next to it)")
     args = ap.parse_args(argv)
@@ -141,8 +142,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         protocol = {"world_preset": cfg.get("world_preset", "default"), "world_seed": cfg["world_seed"],
                     "users": cfg["eval_users"], "days": cfg["eval_days"], "seed": cfg["eval_seed"]}
     else:
-        if min(args.users, args.days) <= 0:
-            raise SystemExit("--users and --days must be positive")
         protocol = {"world_preset": args.world_preset, "world_seed": args.world_seed, "users": args.users,
                     "days": args.days, "seed": args.seed}
     torch.set_num_threads(1)
