@@ -30,6 +30,8 @@ def random_batch(n: int = 64, seed: int = 0) -> Batch:
 
 AGENTS = {
     "rlur": lambda: RLURAgent(OBS_DIM, K, G, RLURConfig(policy_delay=1)),
+    "rlur-candidates": lambda: RLURAgent(OBS_DIM, K, G, RLURConfig(
+        policy_delay=1, candidate_explore=0.2, candidate_pull=1.0)),
     "rlur-naive": lambda: RLURAgent(OBS_DIM, K, G, RLURConfig(
         policy_delay=1, immediate=False, rnd=False, normalise=False, groups=False, soft_reg=False)),
     "td3": lambda: TD3Agent(OBS_DIM, K, G),
@@ -240,3 +242,51 @@ def test_the_fatigue_switch_rule_reads_the_request_index_and_same_day_opens():
     assert torch.equal(weary_rule().act(obs, low), weighting_action(*GROUP_RULE["low"]).expand(4, -1))
     with pytest.raises(ValueError, match="non-negative"):
         FatigueSwitchRule(GROUP_RULE, WEARY_TIRED_RULE, switch_after=-1)
+
+
+def test_candidate_weightings_are_the_box_corners_a_static_search_screens():
+    from rlur.agents.fixed import candidate_weightings, weighting_action
+    from rlur.sim.world import SCORE_NAMES
+
+    c = candidate_weightings()
+    k = len(SCORE_NAMES)
+    assert c.shape == (1 + k + k * (k - 1) // 2, k)
+    assert len({tuple(row.tolist()) for row in c}) == c.shape[0]  # no duplicates
+    assert torch.equal(c[0], weighting_action())
+    assert torch.equal(c[1 + SCORE_NAMES.index("like")], weighting_action("like"))
+    assert any(torch.equal(row, weighting_action("watch_time", "long_view")) for row in c)
+    with pytest.raises(ValueError, match="positive"):
+        candidate_weightings(0)
+
+
+def test_rlur_config_rejects_bad_candidate_options():
+    with pytest.raises(ValueError, match="candidate_explore"):
+        RLURConfig(candidate_explore=1.5)
+    with pytest.raises(ValueError, match="candidate_pull"):
+        RLURConfig(candidate_pull=-1.0)
+
+
+def test_candidate_pull_moves_the_actor_towards_the_corner_the_critics_prefer():
+    # An objective with a small bump where the actor starts (the box's centre) and a higher one at the
+    # corner "long views only": the policy gradient alone stays on the near bump, the pull jumps.
+    from rlur.agents.fixed import weighting_action
+
+    corner = weighting_action("long_view")
+
+    def objective(obs, a):
+        return torch.exp(-a.pow(2).sum(-1)) + 2.0 * torch.exp(-(a - corner).pow(2).sum(-1))
+
+    def distance(pull: float) -> float:
+        torch.manual_seed(0)
+        agent = RLURAgent(OBS_DIM, K, G, RLURConfig(policy_delay=1, candidate_pull=pull, soft_reg=False,
+                                                    actor_lr=1e-2))
+        agent.actor_objective = objective
+        batch = random_batch(256)
+        for _ in range(100):
+            agent.update_actor(batch)
+        mu, _ = agent.actor(batch.obs, batch.group)
+        return float((mu.detach() - corner).pow(2).sum(-1).mean())
+
+    start = float((torch.zeros(K) - corner).pow(2).sum())  # 8: the centre's distance to the corner
+    assert distance(0.0) > 0.8 * start  # the gradient alone stays near the centre
+    assert distance(1.0) < 0.1 * start

@@ -36,6 +36,17 @@ def test_benchmark_rejects_unknown_rows(tmp_path: Path):
     assert proc.returncode == 2 and "nope" in proc.stderr and proc.stderr.count("\n") == 1
 
 
+def test_benchmark_runs_an_extra_row_only_when_named(tmp_path: Path):
+    from rlur.evaluation.benchmark import EXTRA_ROWS, run_benchmark
+
+    assert "rlur-candidates" in EXTRA_ROWS and "rlur-candidates" not in BenchmarkConfig().rows
+    cfg = BenchmarkConfig.quick(seeds=1, steps=12, rows=("rlur-candidates",), workers=1)
+    result = run_benchmark(cfg, tmp_path / "b", progress=False)
+    assert set(result["summary"]) == {"rlur-candidates"}
+    run = json.loads((tmp_path / "b" / "runs" / "rlur-candidates" / "seed0" / "config.json").read_text())
+    assert run["rlur"]["candidate_explore"] == 0.2 and run["rlur"]["candidate_pull"] == 1.0
+
+
 def _run(row: str, seed: int, value: float) -> dict:
     curve = [{"step": s, "avg_return_day": value + 0.01 * seed} for s in (0, 10, 20, 30, 40, 50)]
     return {"row": row, "seed": seed, "curve": curve,

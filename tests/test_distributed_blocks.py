@@ -101,3 +101,23 @@ def test_sharded_recorder_keeps_per_user_rows_in_block_order():
     first = simulate_block(world, "uniform", make_blocks(300, 128, 0)[0], 2)[0]
     assert torch.equal(rec.requests[:128], first.requests)
     assert timing["blocks"] == 3 and timing["requests"] >= int(rec.requests.sum())  # steps past the horizon too
+
+
+def test_shards_serve_the_candidate_exploration_of_the_learner():
+    # What Ray shards serve with (collect.serving_snapshot) explores like OffPolicyLearner.serve.
+    from rlur.agents.fixed import candidate_weightings
+    from rlur.agents.rlur import RLURConfig
+    from rlur.distributed.blocks import Block
+    from rlur.distributed.collect import serving_snapshot
+    from rlur.sim.env import OBS_DIM, RetentionEnv
+    from rlur.training.loop import TrainConfig, make_learner
+
+    cfg = TrainConfig(algo="rlur", rlur=RLURConfig(candidate_explore=1.0), world=WorldConfig(n_videos=400))
+    learner = make_learner(cfg, RetentionEnv(World(cfg.world), n_users=4, seed=0))
+    server = serving_snapshot(learner)
+    served = server.serve(torch.zeros(64, OBS_DIM), torch.zeros(64, dtype=torch.long), Block(0, 0, 64, 1),
+                          torch.Generator().manual_seed(0))
+    assert (served["action"][:, None] == candidate_weightings()[None]).all(-1).any(-1).all()
+    plain = serving_snapshot(make_learner(TrainConfig(algo="rlur", world=WorldConfig(n_videos=400)),
+                                          RetentionEnv(World(WorldConfig(n_videos=400)), n_users=4, seed=0)))
+    assert plain.share == 0.0

@@ -7,6 +7,8 @@ import torch
 
 from rlur.agents.networks import gaussian_log_prob
 from rlur.agents.rlur import (
+    candidate_pull,
+    explore_candidates,
     immediate_reward,
     normalised_return,
     rnd_error,
@@ -139,3 +141,44 @@ def test_fusion_score_and_top6_by_hand():
 def test_fuse_and_rank_needs_enough_candidates():
     with pytest.raises(ValueError):
         fuse_and_rank(torch.ones(1, 2), torch.ones(1, 3, 2), 6)
+
+
+def test_candidate_pull_by_hand():
+    # V(s, a) = −‖a − t(s)‖²: the best of three candidates is the one nearest t(s).
+    candidates = torch.tensor([[0.0, 0.0], [1.0, -1.0], [-1.0, 1.0]])
+    target = torch.tensor([[0.9, -0.9], [0.1, 0.0]])
+    obs = target.clone()  # the "state" carries its own target
+
+    def value(o, a):
+        return -(a - o).pow(2).sum(-1)
+
+    # Row 0: μ = (−1, 1) is worse than the candidate (1, −1): pulled by ‖μ − c*‖² = 8.
+    # Row 1: μ = (0.1, 0) is better than every candidate (V = 0 > −0.01): no pull.
+    mu = torch.tensor([[-1.0, 1.0], [0.1, 0.0]], requires_grad=True)
+    pull = candidate_pull(value, obs, mu, candidates)
+    assert pull.tolist() == pytest.approx([8.0, 0.0])
+    pull.sum().backward()
+    assert mu.grad.flatten().tolist() == pytest.approx([-4.0, 4.0, 0.0, 0.0])  # 2 (μ − c*), towards c*
+
+
+def test_candidate_pull_gradient_reaches_only_mu():
+    critic = torch.nn.Linear(4, 1)
+    candidates = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    obs, mu = torch.randn(6, 2), torch.zeros(6, 2, requires_grad=True)
+    pull = candidate_pull(lambda o, a: critic(torch.cat((o, a), -1)).squeeze(-1), obs, mu, candidates)
+    pull.sum().backward()
+    assert critic.weight.grad is None and mu.grad is not None
+
+
+def test_explore_candidates_replaces_the_given_share_by_candidates():
+    candidates = torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0]])
+    action = torch.full((4000, 3), 0.25)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(explore_candidates(action, candidates, 0.0, g), action)
+    everyone = explore_candidates(action, candidates, 1.0, g)
+    assert ((everyone[:, None] == candidates[None]).all(-1).any(-1)).all()
+    mixed = explore_candidates(action, candidates, 0.2, torch.Generator().manual_seed(1))
+    replaced = (mixed != action).any(-1).float().mean().item()
+    assert replaced == pytest.approx(0.2, abs=0.03)  # binomial sd 0.006
+    again = explore_candidates(action, candidates, 0.2, torch.Generator().manual_seed(1))
+    assert torch.equal(mixed, again)

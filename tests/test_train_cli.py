@@ -54,6 +54,20 @@ def test_ablation_flags_reach_the_config(tmp_path: Path):
     assert cfg["normalise"] is True and cfg["soft_reg"] is True
 
 
+def test_candidate_flags_reach_the_config_and_the_run_explores_corners(tmp_path: Path):
+    out = tmp_path / "cand"
+    rlur("train", "--algo", "rlur", "--steps", "12", "--out", str(out), "--candidate-explore", "0.5",
+         "--candidate-pull", "2", *TINY)
+    cfg = json.loads((out / "config.json").read_text())["rlur"]
+    assert cfg["candidate_explore"] == 0.5 and cfg["candidate_pull"] == 2.0
+    from rlur.agents.fixed import candidate_weightings
+
+    buffer = torch.load(out / "resume.pt", weights_only=False)["learner"]["buffer"]
+    actions = buffer["data"]["action"][: buffer["size"]]
+    corner = (actions[:, None] == candidate_weightings()[None]).all(-1).any(-1).float().mean().item()
+    assert 0.4 < corner < 0.6  # half of the served actions are pure weightings (12 × 32 rows)
+
+
 def test_same_seed_same_run(tmp_path: Path):
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
@@ -107,6 +121,9 @@ def test_existing_run_is_not_overwritten(tmp_path: Path):
     (["train", "--algo", "nope", "--out", "x"], "invalid choice"),
     (["train", "--steps", "-5", "--out", "x"], "positive integer"),
     (["train", "--gamma", "1.5", "--out", "{tmp}/g"], "--gamma"),
+    (["train", "--candidate-explore", "1.5", "--out", "{tmp}/ce"], "candidate_explore must be in [0, 1]"),
+    (["train", "--candidate-pull", "-1", "--out", "{tmp}/cp"], "non-negative number"),
+    (["train", "--algo", "td3", "--candidate-pull", "1", "--out", "{tmp}/ct"], "an option of --algo rlur"),
     (["train", "--config", "{tmp}/missing.json", "--out", "{tmp}/c"], "does not exist"),
     (["eval", "--checkpoint", "{tmp}/nowhere", "--out", "{tmp}/e.json"], "no checkpoint"),
 ])

@@ -11,7 +11,7 @@ from rlur.sim.world import GROUPS, SCORE_NAMES
 
 __all__ = [
     "FIXED_POLICIES", "GROUP_RULE", "WEARY_TIRED_RULE", "FatigueSwitchRule", "FixedPolicy", "RandomPolicy",
-    "group_rule_actions", "make_fixed_policy", "weary_rule", "weighting_action",
+    "candidate_weightings", "group_rule_actions", "make_fixed_policy", "weary_rule", "weighting_action",
 ]
 
 
@@ -48,6 +48,30 @@ def weighting_action(*names: str) -> torch.Tensor:
     for n in names:
         a[SCORE_NAMES.index(n)] = 1.0
     return a
+
+
+def candidate_weightings(k: int = len(SCORE_NAMES)) -> torch.Tensor:
+    """The pure weightings, ``(1 + k + k(k − 1)/2, k)`` actions: uniform, each score alone, each pair of
+    scores (their weights at the top of the box, every other weight 0, as :func:`weighting_action`).
+
+    Each predicted score is divided by its typical value before weighting, so inside the box every
+    score counts and the rare behaviours' scores, which vary most, decide much of a ranking. Ranking
+    by one or two scores is possible only at the box's corners: these are the weightings a static
+    search screens (``tests/test_room_to_learn.py``) and the ones RLUR's candidate options explore.
+    """
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+    corners = [torch.zeros(k)]
+    for i in range(k):
+        a = -torch.ones(k)
+        a[i] = 1.0
+        corners.append(a)
+    for i in range(k):
+        for j in range(i + 1, k):
+            a = -torch.ones(k)
+            a[[i, j]] = 1.0
+            corners.append(a)
+    return torch.stack(corners)
 
 
 #: The hand-written state rule of the default world: the scores that satisfy each activity group

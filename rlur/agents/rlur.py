@@ -21,6 +21,12 @@ Read next to the paper (section numbers refer to it):
   behaviour log-density logged when the action was served. The weight is computed without
   gradient, normalised to mean 1 over the batch and capped (both explicit in the config).
 
+* Beyond the paper, off by default: the actor's objective is flat across much of the action box and
+  its best points for a state can sit in different corners (docs/critic.md, section 9). With
+  ``candidate_explore`` a share of served actions are pure weightings (the box's corners), and with
+  ``candidate_pull`` the actor is pulled towards the corner the critics value most where that beats
+  μ(s) (:func:`candidate_pull`): the ``rlur-candidates`` benchmark row.
+
 Every component can be switched off (``RLURConfig``); RLUR-naive is the retention critic alone.
 ``σ`` of the Gaussian policy is the exploration scale, annealed by the trainer: the paper gives
 the actor a σ output but not its objective, and the deterministic policy gradient trains only μ.
@@ -29,12 +35,14 @@ the actor a σ output but not its objective, and the deterministic policy gradie
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlur.agents.fixed import candidate_weightings
 from rlur.agents.networks import GaussianActor, QCritic, gaussian_log_prob, mlp, polyak_update
 from rlur.agents.policy import GaussianPolicy
 from rlur.training.buffer import Batch
@@ -42,6 +50,8 @@ from rlur.training.buffer import Batch
 __all__ = [
     "RLURAgent",
     "RLURConfig",
+    "candidate_pull",
+    "explore_candidates",
     "immediate_reward",
     "normalised_return",
     "rnd_error",
@@ -94,6 +104,18 @@ class RLURConfig:
     target_noise_clip: float = 0.3
     watch_scale: float = 300.0
     """Immediate reward: watch seconds of the slate are divided by this."""
+    candidate_explore: float = 0.0
+    """Share of served actions replaced by a pure weighting (``candidate_weightings``), drawn
+    uniformly: exploration of the action box's corners. Not in the paper; 0 switches it off."""
+    candidate_pull: float = 0.0
+    """Weight of the actor's pull towards the pure weighting the critics value most in a state, where
+    that beats μ(s) (:func:`candidate_pull`). Not in the paper; 0 switches it off."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.candidate_explore <= 1.0:
+            raise ValueError(f"candidate_explore must be in [0, 1], got {self.candidate_explore}")
+        if not self.candidate_pull >= 0.0:
+            raise ValueError(f"candidate_pull must be non-negative, got {self.candidate_pull}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -155,6 +177,37 @@ def soft_regularisation_weight(
     return w
 
 
+def candidate_pull(
+    value: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], obs: torch.Tensor, mu: torch.Tensor,
+    candidates: torch.Tensor,
+) -> torch.Tensor:
+    """``1[V(s, c*) > V(s, μ)] · ‖μ(s) − c*‖²`` per row, with ``c* = argmax_c V(s, c)`` over the
+    candidate actions ``(M, k)`` and ``V`` the actor's objective (not in the paper).
+
+    The deterministic policy gradient follows ``∇_a V`` where μ is. Where the best weighting for a
+    state sits in another corner of the action box, across a plateau (docs/critic.md, section 9),
+    that gradient does not lead there; this pull lets the actor jump to what the critics already
+    value most. The comparison runs without gradient; the pull's gradient reaches μ only.
+    """
+    n, m = obs.shape[0], candidates.shape[0]
+    with torch.no_grad():
+        scores = value(obs.repeat_interleave(m, 0), candidates.repeat(n, 1)).view(n, m)
+        best_value, best = scores.max(1)
+        better = (best_value > value(obs, mu.detach())).float()
+    return better * (mu - candidates[best]).pow(2).sum(-1)
+
+
+def explore_candidates(
+    action: torch.Tensor, candidates: torch.Tensor, share: float, generator: torch.Generator,
+) -> torch.Tensor:
+    """Each row of ``action (N, k)`` replaced, with probability ``share``, by one of ``candidates
+    (M, k)`` drawn uniformly: exploration of the pure weightings (not in the paper)."""
+    n = action.shape[0]
+    pick = torch.rand(n, generator=generator) < share
+    drawn = candidates[torch.randint(0, candidates.shape[0], (n,), generator=generator)]
+    return torch.where(pick[:, None], drawn, action)
+
+
 def immediate_reward(feedback: torch.Tensor, watch_scale: float = 300.0) -> torch.Tensor:
     """Heuristic immediate response ``I(s, a)``: watch time plus interactions on the slate.
 
@@ -195,6 +248,8 @@ class RLURAgent:
         if cfg.normalise:
             self.classifier = mlp(obs_dim, 1, (64, 64))
             self.classifier_opt = torch.optim.Adam(self.classifier.parameters(), lr=1e-3)
+        #: The pure weightings the candidate options explore and pull towards (``RLURConfig``).
+        self.candidates = candidate_weightings(k)
         self.recent_returns = torch.zeros(20_000)
         self.n_returns = 0
         self.updates = 0
@@ -291,13 +346,23 @@ class RLURAgent:
                 polyak_update(self.critic_i_target, self.critic_i, cfg.tau)
         return stats
 
+    def actor_objective(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """``β_T Q_T(s, a) + β_I Q_I(s, a)`` (first twins): what the actor maximises (§3.2)."""
+        cfg = self.config
+        value = cfg.beta_retention * self.critic_t(obs, action)[0]
+        if cfg.immediate:
+            value = value + cfg.beta_immediate * self.critic_i(obs, action)[0]
+        return value
+
     def update_actor(self, batch: Batch) -> dict[str, float]:
-        """DDPG-style actor loss on μ: ``−β_T Q_T(s, μ(s)) − β_I Q_I(s, μ(s))``, weighted (§3.5)."""
+        """DDPG-style actor loss on μ: ``−β_T Q_T(s, μ(s)) − β_I Q_I(s, μ(s))``, plus the optional
+        candidate pull, weighted (§3.5)."""
         cfg = self.config
         mu, std = self.actor(batch.obs, batch.group)
-        per_sample = -cfg.beta_retention * self.critic_t(batch.obs, mu)[0]
-        if cfg.immediate:
-            per_sample = per_sample - cfg.beta_immediate * self.critic_i(batch.obs, mu)[0]
+        per_sample = -self.actor_objective(batch.obs, mu)
+        if cfg.candidate_pull:
+            per_sample = per_sample + cfg.candidate_pull * candidate_pull(
+                self.actor_objective, batch.obs, mu, self.candidates)
         stats: dict[str, float] = {}
         if cfg.soft_reg:
             logp = gaussian_log_prob(batch.action, mu.detach(), std.detach())

@@ -42,17 +42,21 @@ DEFAULT_TRAIN_BLOCK_USERS = 256
 
 # --- what a shard serves with ----------------------------------------------------------------------
 class _ActorServer:
-    """RLUR / TD3: ``a = μ(s) + σ ε`` from a copy of the learner's actor (σ: this step's exploration)."""
+    """RLUR / TD3: ``a = μ(s) + σ ε`` from a copy of the learner's actor (σ: this step's exploration),
+    with a ``share`` of the rows replaced by pure weightings (``RLURConfig.candidate_explore``)."""
 
-    def __init__(self, actor: torch.nn.Module) -> None:
-        self.actor = actor
+    def __init__(self, actor: torch.nn.Module, candidates: torch.Tensor | None = None, share: float = 0.0) -> None:
+        self.actor, self.candidates, self.share = actor, candidates, share
 
     @torch.no_grad()
     def serve(self, obs: torch.Tensor, group: torch.Tensor, block: Block, gen: torch.Generator) -> dict:
         from rlur.agents.networks import gaussian_log_prob
+        from rlur.agents.rlur import explore_candidates
 
         mu, std = self.actor(obs, group)
         action = mu + std * torch.randn(mu.shape, generator=gen)
+        if self.share:
+            action = explore_candidates(action, self.candidates, self.share, gen)
         return {"action": action, "mu": mu, "std": std, "log_prob": gaussian_log_prob(action, mu, std)}
 
 
@@ -90,7 +94,8 @@ def serving_snapshot(learner: Any) -> Any:
         cfg = learner.cfg  # the schedule of OffPolicyLearner.serve
         frac = min(1.0, learner.step / max(1.0, 0.8 * cfg.steps))
         learner.agent.set_exploration(cfg.explore_std_start + frac * (cfg.explore_std_end - cfg.explore_std_start))
-        return _ActorServer(copy.deepcopy(learner.agent.actor).eval())
+        return _ActorServer(copy.deepcopy(learner.agent.actor).eval(), getattr(learner.agent, "candidates", None),
+                            learner.candidate_share)
     if isinstance(learner, CEMLearner):
         return _CEMServer(learner.search)
     return _TableServer(learner.policy())

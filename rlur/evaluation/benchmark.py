@@ -23,7 +23,7 @@ from rlur.evaluation.stats import mean_ci, paired_test
 from rlur.sim.world import WORLD_PRESETS, WorldConfig
 from rlur.training.checkpoint import atomic_write_json
 
-__all__ = ["ROWS", "BenchmarkConfig", "run_benchmark"]
+__all__ = ["ALL_ROWS", "EXTRA_ROWS", "ROWS", "BenchmarkConfig", "run_benchmark"]
 
 #: Row name → (algorithm, RLURConfig overrides). The first five are the paper's rows.
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -38,6 +38,12 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "rlur-no-groups": ("rlur", {"groups": False}),
     "rlur-no-soft-reg": ("rlur", {"soft_reg": False}),
 }
+#: Rows beyond the paper's table, run only when named (``--algos``): RLUR with the candidate options
+#: (``RLURConfig.candidate_explore`` and ``candidate_pull``; docs/critic.md, section 10).
+EXTRA_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "rlur-candidates": ("rlur", {"candidate_explore": 0.2, "candidate_pull": 1.0}),
+}
+ALL_ROWS = {**ROWS, **EXTRA_ROWS}
 PAPER = {  # Cai et al. 2023, Table 1 (offline simulator on KuaiRand): returning time, day-1 retention
     "cem": (2.036, 0.587), "td3": (2.009, 0.592), "rlur-naive-g0": (2.001, 0.596),
     "rlur-naive-g0.9": (1.961, 0.601), "rlur": (1.892, 0.618),
@@ -89,7 +95,7 @@ def _train_one(row: str, seed: int, cfg: BenchmarkConfig, out: str) -> dict[str,
     from rlur.training.loop import TrainConfig, Trainer, evaluate_policy
 
     torch.set_num_threads(1)
-    algo, overrides = ROWS[row]
+    algo, overrides = ALL_ROWS[row]
     tc = TrainConfig(algo=algo, steps=cfg.steps, seed=seed, world_seed=cfg.world_seed, n_users=cfg.n_users,
                      eval_every=cfg.eval_every, eval_users=cfg.curve_eval_users, eval_days=cfg.curve_eval_days,
                      checkpoint_every=max(cfg.steps // 4, 1), world_path=cfg.world_path,
@@ -228,9 +234,9 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True, 
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    unknown = [r for r in cfg.rows if r not in ROWS]
+    unknown = [r for r in cfg.rows if r not in ALL_ROWS]
     if unknown:
-        raise ValueError(f"unknown benchmark rows {unknown}; choose from {', '.join(ROWS)}")
+        raise ValueError(f"unknown benchmark rows {unknown}; choose from {', '.join(ALL_ROWS)}")
     if cfg.world_preset not in WORLD_PRESETS:
         raise ValueError(f"unknown world preset {cfg.world_preset!r}; choose from {', '.join(WORLD_PRESETS)}")
     jobs = [(row, seed) for row in cfg.rows for seed in range(cfg.seeds)]

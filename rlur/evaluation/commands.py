@@ -6,7 +6,7 @@ import argparse
 
 from rlur.cli import CliError, check_writable, positive_int
 from rlur.distributed.backend import add_backend_args, check_backend_args
-from rlur.evaluation.benchmark import ROWS, BenchmarkConfig, results_markdown, run_benchmark
+from rlur.evaluation.benchmark import ALL_ROWS, EXTRA_ROWS, ROWS, BenchmarkConfig, results_markdown, run_benchmark
 from rlur.sim.world import WORLD_PRESETS
 
 __all__ = ["register"]
@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--world-preset", choices=WORLD_PRESETS, default="default",
                    help="variant of the built-in world (default: default; see docs/simulator.md)")
     p.add_argument("--world", default=None, help="a learned world (from rlur data fit) instead of the built-in one")
-    p.add_argument("--algos", default=None, help=f"comma-separated rows (default: all of {', '.join(ROWS)})")
+    p.add_argument("--algos", default=None, help=f"comma-separated rows (default: all of {', '.join(ROWS)}; "
+                                                 f"also: {', '.join(EXTRA_ROWS)})")
     p.add_argument("--out", default="runs/benchmark", help="output directory (default: runs/benchmark)")
     p.add_argument("--quick", action="store_true", help="a cut-down run (minutes) for trying it out; CI runs it")
     p.add_argument("--steps", type=positive_int, default=None, help="batched steps per run (same for every row)")
@@ -48,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
         overrides["workers"] = args.workers
     if args.algos:
         rows = tuple(a.strip() for a in args.algos.split(",") if a.strip())
-        unknown = [r for r in rows if r not in ROWS]
+        unknown = [r for r in rows if r not in ALL_ROWS]
         if unknown:
-            raise CliError(f"unknown rows {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+            raise CliError(f"unknown rows {', '.join(unknown)}; choose from {', '.join(ALL_ROWS)}")
         overrides["rows"] = rows
     cfg = BenchmarkConfig.quick(**overrides) if args.quick else BenchmarkConfig(**overrides)
     if args.backend == "ray":

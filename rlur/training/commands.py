@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from rlur.agents.policy import load_policy
-from rlur.cli import ABLATIONS, CliError, check_writable, positive_int
+from rlur.agents.rlur import RLURConfig
+from rlur.cli import ABLATIONS, CliError, check_writable, non_negative_float, positive_int
 from rlur.distributed.backend import add_backend_args, check_backend_args
 from rlur.evaluation.report import print_metrics_table
 from rlur.sim.world import WORLD_PRESETS, WorldConfig
@@ -38,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="discount at the session boundary (rlur, rlur-naive; naive default 0.9)")
     for flag in ABLATIONS:
         p.add_argument(f"--no-{flag}", action="store_true", help=f"RLUR ablation: switch off {flag}")
+    p.add_argument("--candidate-explore", type=non_negative_float, default=None, metavar="SHARE",
+                   help="rlur: share of served actions replaced by pure weightings (the action box's corners; "
+                        "not in the paper; default 0; the rlur-candidates benchmark row uses 0.2)")
+    p.add_argument("--candidate-pull", type=non_negative_float, default=None, metavar="WEIGHT",
+                   help="rlur: weight of the actor's pull towards the pure weighting the critics value most "
+                        "(not in the paper; default 0; the rlur-candidates row uses 1)")
     p.add_argument("--eval-every", type=positive_int, default=None, help="steps between evaluations")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--eval-users", type=positive_int, default=None)
@@ -104,6 +111,12 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         cfg = TrainConfig.from_dict(base)
     except TypeError as err:
         raise CliError(f"bad configuration: {err}") from None
+    cfg.rlur = _rlur_flags(args, cfg)
+    return cfg
+
+
+def _rlur_flags(args: argparse.Namespace, cfg: TrainConfig) -> RLURConfig:
+    """RLUR's settings after the flags: ``--gamma``, the ablations and the candidate options."""
     rl = cfg.rlur
     if cfg.algo == "rlur-naive":  # the paper's naive rows; the components are switched off in make_learner
         rl = dataclasses.replace(rl, gamma=0.9)
@@ -114,8 +127,15 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
     for flag, field in ABLATIONS.items():
         if getattr(args, f"no_{flag.replace('-', '_')}"):
             rl = dataclasses.replace(rl, **{field: False})
-    cfg.rlur = rl
-    return cfg
+    for name in ("candidate_explore", "candidate_pull"):
+        if getattr(args, name) is not None:
+            if cfg.algo != "rlur":
+                raise CliError(f"--{name.replace('_', '-')} is an option of --algo rlur, not {cfg.algo}")
+            try:
+                rl = dataclasses.replace(rl, **{name: getattr(args, name)})
+            except ValueError as err:
+                raise CliError(str(err)) from None
+    return rl
 
 
 def run_train(args: argparse.Namespace) -> int:

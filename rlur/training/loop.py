@@ -29,7 +29,7 @@ from rlur.agents.cem import CEMConfig, CEMSearch
 from rlur.agents.fixed import make_fixed_policy
 from rlur.agents.networks import gaussian_log_prob
 from rlur.agents.policy import TablePolicy
-from rlur.agents.rlur import RLURAgent, RLURConfig
+from rlur.agents.rlur import RLURAgent, RLURConfig, explore_candidates
 from rlur.agents.td3 import TD3Agent, TD3Config
 from rlur.evaluation.rollout import rollout
 from rlur.sim.env import RetentionEnv, StepResult, env_state_dict, load_env_state_dict
@@ -109,6 +109,7 @@ class OffPolicyLearner:
         self.collector = DelayedReturnCollector(self.buffer)
         self.rng = torch.Generator().manual_seed(cfg.seed * 9973 + 11)
         self.step = 0
+        self.candidate_share = agent.config.candidate_explore if isinstance(agent, RLURAgent) else 0.0
 
     def serve(self, obs: torch.Tensor, group: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -117,6 +118,9 @@ class OffPolicyLearner:
         with torch.no_grad():
             mu, std = self.agent.actor(obs, group)
             action = mu + std * torch.randn(mu.shape, generator=self.rng)
+            if self.candidate_share:  # RLURConfig.candidate_explore
+                action = explore_candidates(action, self.agent.candidates, self.candidate_share, self.rng)
+        # log π_b of the Gaussian part, also for a candidate row (the soft regularisation's input)
         return {"action": action, "mu": mu, "std": std, "log_prob": gaussian_log_prob(action, mu, std)}
 
     def observe(self, obs: torch.Tensor, served: dict, result: StepResult) -> dict[str, float]:
