@@ -24,6 +24,7 @@ from rlur.agents.fixed import (
     GROUP_RULE,
     WEARY_TIRED_RULE,
     FatigueSwitchRule,
+    candidate_weightings,
     group_rule_actions,
     weary_rule,
     weighting_action,
@@ -101,9 +102,7 @@ def best_fixed_weighting(world: World) -> torch.Tensor:
     """The fixed weighting a static search finds: uniform, every one-hot, every pair, random ones."""
     g = torch.Generator().manual_seed(0)
     k = len(SCORE_NAMES)
-    candidates = [torch.zeros(k)] + [weighting_action(n) for n in SCORE_NAMES]
-    candidates += [weighting_action(a, b) for i, a in enumerate(SCORE_NAMES) for b in SCORE_NAMES[i + 1:]]
-    candidates += list(torch.rand(12, k, generator=g) * 2 - 1)
+    candidates = list(candidate_weightings(k)) + list(torch.rand(12, k, generator=g) * 2 - 1)
     screen = [evaluate_policy(fixed(c), world, 256, DAYS, 21)["avg_return_day"]["mean"] for c in candidates]
     return candidates[int(np.argmin(screen))]
 
