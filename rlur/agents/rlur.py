@@ -22,7 +22,7 @@ Read next to the paper (section numbers refer to it):
   gradient, normalised to mean 1 over the batch and capped (both explicit in the config).
 
 * Beyond the paper, off by default: the actor's objective is flat across much of the action box and
-  its best points for a state can sit in different corners (docs/critic.md, section 9). With
+  its best points for a state can sit in different corners (docs/critic.md, section 10). With
   ``candidate_explore`` a share of served actions are pure weightings (the box's corners), and with
   ``candidate_pull`` the actor is pulled towards the corner the critics value most where that beats
   μ(s) (:func:`candidate_pull`): the ``rlur-candidates`` benchmark row.
@@ -185,7 +185,7 @@ def candidate_pull(
     candidate actions ``(M, k)`` and ``V`` the actor's objective (not in the paper).
 
     The deterministic policy gradient follows ``∇_a V`` where μ is. Where the best weighting for a
-    state sits in another corner of the action box, across a plateau (docs/critic.md, section 9),
+    state sits in another corner of the action box, across a plateau (docs/critic.md, section 10),
     that gradient does not lead there; this pull lets the actor jump to what the critics already
     value most. The comparison runs without gradient; the pull's gradient reaches μ only.
     """
