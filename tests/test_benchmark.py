@@ -1,5 +1,6 @@
 """``rlur benchmark --quick`` end to end, and the summary/statistics plumbing."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlur.evaluation.benchmark import ROWS, BenchmarkConfig, _converged, summarise
+from rlur.evaluation.benchmark import ROWS, BenchmarkConfig, _converged, extend_result, summarise
 
 
 def test_benchmark_quick_end_to_end(tmp_path: Path):
@@ -68,3 +69,67 @@ def test_summarise_pairs_rlur_against_each_row():
 def test_convergence_flag():
     assert _converged([2.0, 1.9, 1.8, 1.7, 1.6, 1.6, 1.6], [0.01] * 7)
     assert not _converged([2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.4], [0.01] * 7)
+
+
+def _result(rows: dict[str, float], seeds: int = 3) -> dict:
+    """A results.json-shaped result of ``rows`` (row → base return day), from :func:`summarise`."""
+    per_seed = {row: [_run(row, s, v) for s in range(seeds)] for row, v in rows.items()}
+    out = summarise(per_seed, BenchmarkConfig(seeds=seeds))
+    return {"config": {"rows": list(rows)}, "seconds": 10.0, "workers": 1, **out,
+            "per_seed": {row: [{"seed": r["seed"], **r["metrics"]} for r in runs] for row, runs in per_seed.items()}}
+
+
+def test_extend_result_replaces_and_adds_rows_and_pairs_them_again():
+    previous = _result({"cem": 2.0, "rlur": 1.8, "td3": 1.9})
+    new = _result({"rlur": 1.7, "rlur-candidates": 1.6})
+    merged = extend_result(previous, new)
+    assert merged["config"]["rows"] == ["cem", "rlur", "td3", "rlur-candidates"]  # old order, new rows last
+    assert merged["per_seed"]["cem"] == previous["per_seed"]["cem"]  # kept as it was
+    assert merged["per_seed"]["rlur"] == new["per_seed"]["rlur"]  # re-measured
+    assert merged["summary"]["rlur"]["avg_return_day"]["mean"] == pytest.approx(1.71)
+    # Every paired test is made again against the re-measured RLUR row.
+    assert merged["paired_vs_rlur"]["cem"]["avg_return_day"]["diff"] == pytest.approx(-0.3)
+    assert merged["paired_vs_rlur"]["rlur-candidates"]["avg_return_day"]["diff"] == pytest.approx(0.1)
+    assert merged["seconds"] == 20.0 and merged["extended"] == [{"rows": ["rlur", "rlur-candidates"], "seconds": 10.0}]
+
+
+def test_extend_result_refuses_rows_with_other_seeds():
+    with pytest.raises(ValueError, match="seeds"):
+        extend_result(_result({"rlur": 1.8}), _result({"cem": 2.0}, seeds=2))
+
+
+def test_benchmark_extend_end_to_end(tmp_path: Path):
+    from rlur.evaluation.benchmark import run_benchmark
+
+    out = tmp_path / "b"
+    cfg = BenchmarkConfig.quick(steps=12, rows=("cem", "rlur"), workers=1)
+    first = run_benchmark(cfg, out, progress=False)
+    extended = run_benchmark(dataclasses.replace(cfg, rows=("td3",)), out, progress=False, extend=True)
+    assert extended["config"]["rows"] == ["cem", "rlur", "td3"]
+    for row in ("cem", "rlur"):
+        assert extended["per_seed"][row] == first["per_seed"][row]
+    assert set(extended["paired_vs_rlur"]) == {"cem", "td3"}
+    assert json.loads((out / "results.json").read_text())["config"]["rows"] == ["cem", "rlur", "td3"]
+    assert "`--extend`" in (out / "results.md").read_text()
+    # Re-measuring a row it holds replaces it; the same seeds give the same numbers.
+    again = run_benchmark(dataclasses.replace(cfg, rows=("cem",)), out, progress=False, extend=True)
+    assert again["per_seed"]["cem"] == first["per_seed"]["cem"] and len(again["extended"]) == 2
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlur.cli", "benchmark", "--quick", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_benchmark_extend_errors(tmp_path: Path):
+    out = tmp_path / "b"
+    proc = _cli("--extend", "--out", str(out))
+    assert proc.returncode == 2 and "--algos" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = _cli("--extend", "--algos", "td3", "--out", str(out))
+    assert proc.returncode == 2 and "results.json" in proc.stderr and proc.stderr.count("\n") == 1
+    out.mkdir(exist_ok=True)
+    other = dataclasses.asdict(BenchmarkConfig.quick(world_seed=3))
+    (out / "results.json").write_text(json.dumps({"config": other}))
+    proc = _cli("--extend", "--algos", "td3", "--out", str(out))
+    assert proc.returncode == 2 and "world_seed 3 there, 0 here" in proc.stderr, proc.stderr
+    assert not (out / "runs").exists()  # refused before any training

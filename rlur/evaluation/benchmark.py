@@ -8,6 +8,7 @@ reports mean ± 95 % t-interval over seeds and a paired t-test of RLUR against e
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -23,7 +24,7 @@ from rlur.evaluation.stats import mean_ci, paired_test
 from rlur.sim.world import WORLD_PRESETS, WorldConfig
 from rlur.training.checkpoint import atomic_write_json
 
-__all__ = ["ALL_ROWS", "EXTRA_ROWS", "ROWS", "BenchmarkConfig", "run_benchmark"]
+__all__ = ["ALL_ROWS", "EXTRA_ROWS", "ROWS", "BenchmarkConfig", "extend_result", "run_benchmark"]
 
 #: Row name → (algorithm, RLURConfig overrides). The first five are the paper's rows.
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -134,16 +135,65 @@ def summarise(per_seed: dict[str, list[dict]], cfg: BenchmarkConfig) -> dict[str
         half = [0.0 if math.isnan(c["ci_high"]) else (c["ci_high"] - c["ci_low"]) / 2 for c in curve]
         summary[row]["curve"] = {"step": steps, "avg_return_day": [c["mean"] for c in curve], "ci_half": half}
         summary[row]["converged"] = _converged([c["mean"] for c in curve], half)
+    metrics = {row: [{"seed": r["seed"], **r["metrics"]} for r in runs] for row, runs in per_seed.items()}
+    return {"summary": summary, "paired_vs_rlur": paired_vs_rlur(metrics)}
+
+
+def paired_vs_rlur(per_seed_metrics: dict[str, list[dict]]) -> dict[str, Any]:
+    """Paired t-test of RLUR against every other row, seed by seed (results.json's ``per_seed``
+    layout: ``{row: [{"seed": s, metric: value, ...}]}``); empty without an ``rlur`` row."""
+    if "rlur" not in per_seed_metrics:
+        return {}
+    base = sorted(per_seed_metrics["rlur"], key=lambda r: r["seed"])
     paired: dict[str, Any] = {}
-    if "rlur" in per_seed:
-        base = sorted(per_seed["rlur"], key=lambda r: r["seed"])
-        for row, runs in per_seed.items():
-            if row == "rlur":
-                continue
-            runs = sorted(runs, key=lambda r: r["seed"])
-            paired[row] = {m: paired_test([r["metrics"][m] for r in base], [r["metrics"][m] for r in runs])
-                           for m in METRICS}
-    return {"summary": summary, "paired_vs_rlur": paired}
+    for row, runs in per_seed_metrics.items():
+        if row == "rlur":
+            continue
+        runs = sorted(runs, key=lambda r: r["seed"])
+        if [r["seed"] for r in runs] != [r["seed"] for r in base]:
+            raise ValueError(f"row {row!r} has seeds {[r['seed'] for r in runs]}, rlur {[r['seed'] for r in base]}")
+        paired[row] = {m: paired_test([r[m] for r in base], [r[m] for r in runs]) for m in METRICS}
+    return paired
+
+
+#: Settings that may differ between a benchmark and the run that extends it (``--extend``).
+_FREE_SETTINGS = ("rows", "workers")
+
+
+def load_extendable(out: Path, cfg: BenchmarkConfig) -> dict[str, Any]:
+    """The earlier result in ``out/results.json`` that ``cfg`` may add rows to.
+
+    Every setting but the rows and the worker count must match, so that the kept rows and the new
+    ones are trained with the same budget and evaluated on the same held-out users.
+    """
+    path = out / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"--extend needs an earlier benchmark in {out}, but {path} does not exist")
+    previous = json.loads(path.read_text())
+    mine, defaults = dataclasses.asdict(cfg), dataclasses.asdict(BenchmarkConfig())
+    theirs = {k: previous["config"].get(k, defaults[k]) for k in mine}
+    differ = [f"{k} {theirs[k]!r} there, {mine[k]!r} here" for k in mine
+              if k not in _FREE_SETTINGS and theirs[k] != mine[k]]
+    if differ:
+        raise ValueError(f"cannot extend the benchmark in {out}: its settings differ ({'; '.join(differ)})")
+    return previous
+
+
+def extend_result(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``new`` (a result over some rows) into ``previous`` (an earlier result of the same
+    settings): rows in ``new`` replace or join ``previous``'s, the others are kept as they were, and
+    the paired tests are made again over the merged rows."""
+    rows = list(previous["config"]["rows"]) + [r for r in new["config"]["rows"] if r not in previous["config"]["rows"]]
+    pick = {r: (new if r in new["config"]["rows"] else previous) for r in rows}
+    per_seed = {r: pick[r]["per_seed"][r] for r in rows}
+    merged = {**new, "config": {**new["config"], "rows": rows},
+              "seconds": previous["seconds"] + new["seconds"],
+              "extended": [*previous.get("extended", []),
+                           {"rows": list(new["config"]["rows"]), "seconds": new["seconds"]}],
+              "per_seed": per_seed,
+              "summary": {r: pick[r]["summary"][r] for r in rows},
+              "paired_vs_rlur": paired_vs_rlur(per_seed)}
+    return merged
 
 
 def _fmt(ci: dict) -> str:
@@ -183,6 +233,9 @@ def results_markdown(result: dict[str, Any]) -> str:
             f"{'yes' if s['converged'] else 'no'} | {'' if paper is None else f'{paper[0]} / {paper[1]}'} |"
         )
     lines += ["", f"Wall time: {result['seconds']:.0f} s with {result['workers']} worker processes.", ""]
+    for ext in result.get("extended", []):
+        lines.insert(-1, f"Rows {', '.join(ext['rows'])} added or re-measured later (`--extend`, "
+                         f"{ext['seconds']:.0f} s of that); the others are as first measured.")
     return "\n".join(lines)
 
 
@@ -224,13 +277,16 @@ def _run_local(jobs: list[tuple[str, int]], cfg: BenchmarkConfig, out: str, work
 
 
 def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True, backend: str = "local",
-                  crash_marker: str | None = None) -> dict[str, Any]:
+                  crash_marker: str | None = None, extend: bool = False) -> dict[str, Any]:
     """Train every (row, seed), evaluate, and write results.json, results.md, learning_curves.png.
 
     ``backend="ray"`` runs each (row, seed) as a Ray task on the connected cluster
     (:mod:`rlur.distributed.grid`; ``crash_marker`` is its fault-injection test hook); the per-seed
     numbers are the local backend's. Runs that fail are reported together at the end, after the
     others have finished (their run directories are kept, so a rerun only trains the failed ones).
+
+    ``extend=True`` adds ``cfg.rows`` to the earlier result in ``out`` (same settings otherwise,
+    :func:`load_extendable`), re-measuring those it holds and keeping the others as they were.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,6 +295,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True, 
         raise ValueError(f"unknown benchmark rows {unknown}; choose from {', '.join(ALL_ROWS)}")
     if cfg.world_preset not in WORLD_PRESETS:
         raise ValueError(f"unknown world preset {cfg.world_preset!r}; choose from {', '.join(WORLD_PRESETS)}")
+    previous = load_extendable(out, cfg) if extend else None
     jobs = [(row, seed) for row in cfg.rows for seed in range(cfg.seeds)]
     if backend == "ray":
         from rlur.distributed.backend import cluster_cpus
@@ -273,6 +330,8 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True, 
               "per_seed": {row: sorted((r["seed"], r["metrics"]) for r in runs) for row, runs in per_seed.items()},
               **summarise(per_seed, cfg)}
     result["per_seed"] = {row: [{"seed": s, **m} for s, m in runs] for row, runs in result["per_seed"].items()}
+    if previous is not None:
+        result = extend_result(previous, result)
     atomic_write_json(result, out / "results.json")
     (out / "results.md").write_text(results_markdown(result))
     plot_learning_curves(result, out / "learning_curves.png")

@@ -6,7 +6,15 @@ import argparse
 
 from rlur.cli import CliError, check_writable, positive_int
 from rlur.distributed.backend import add_backend_args, check_backend_args
-from rlur.evaluation.benchmark import ALL_ROWS, EXTRA_ROWS, ROWS, BenchmarkConfig, results_markdown, run_benchmark
+from rlur.evaluation.benchmark import (
+    ALL_ROWS,
+    EXTRA_ROWS,
+    ROWS,
+    BenchmarkConfig,
+    load_extendable,
+    results_markdown,
+    run_benchmark,
+)
 from rlur.sim.world import WORLD_PRESETS
 
 __all__ = ["register"]
@@ -30,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a cut-down run (minutes) for trying it out; CI runs it")
     p.add_argument("--steps", type=positive_int, default=None, help="batched steps per run (same for every row)")
     p.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: CPU cores)")
+    p.add_argument("--extend", action="store_true",
+                   help="add the rows named in --algos to the benchmark already in --out (re-measuring any it "
+                        "holds), keeping its other rows; every other setting must match its results.json")
     p.add_argument("--no-progress", action="store_true")
     add_backend_args(p, "a process pool of --workers")
     p.set_defaults(func=run)
@@ -39,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     check_backend_args(args)
     if args.backend == "ray" and args.workers is not None:
         raise CliError("--workers is for the local backend; with --backend ray the cluster's CPUs are the workers")
+    if args.extend and not args.algos:
+        raise CliError("--extend needs --algos: the rows to add to the benchmark in --out")
     out = check_writable(args.out, directory=True)
     overrides: dict = {"world_seed": args.world_seed, "world_path": args.world, "world_preset": args.world_preset}
     if args.seeds is not None:
@@ -54,13 +67,18 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"unknown rows {', '.join(unknown)}; choose from {', '.join(ALL_ROWS)}")
         overrides["rows"] = rows
     cfg = BenchmarkConfig.quick(**overrides) if args.quick else BenchmarkConfig(**overrides)
+    if args.extend:
+        try:
+            load_extendable(out, cfg)  # fail before any training
+        except (FileNotFoundError, ValueError) as e:
+            raise CliError(str(e)) from None
     if args.backend == "ray":
         from rlur.distributed.backend import ray_session
 
         with ray_session(args.ray_address, args.ray_cpus):
-            result = run_benchmark(cfg, out, progress=not args.no_progress, backend="ray")
+            result = run_benchmark(cfg, out, progress=not args.no_progress, backend="ray", extend=args.extend)
     else:
-        result = run_benchmark(cfg, out, progress=not args.no_progress)
+        result = run_benchmark(cfg, out, progress=not args.no_progress, extend=args.extend)
     print(results_markdown(result))
     print(f"wrote {out}/results.json, results.md, learning_curves.png")
     return 0
