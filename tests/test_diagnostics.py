@@ -212,7 +212,8 @@ def test_rule_ceiling_end_to_end(tmp_path, one_thread, capsys):
     assert set(report["rules"]) == set(rule_ceiling.RULES)
     assert all(r["avg_return_day"] > 0 and 0 <= r["day1_retention"] <= 1 for r in report["rules"].values())
     assert json.loads(out.read_text())["best_rule"] == report["best_rule"]
-    assert "| fatigue_rule |" in out.with_suffix(".md").read_text() and "| group_rule |" in capsys.readouterr().out
+    md = out.with_suffix(".md").read_text()
+    assert "| fatigue_rule |" in md and "| fatigue_rule_middle_lv |" in md and "| group_rule |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"results\.json not found"):
         rule_ceiling.main(["--benchmark", str(tmp_path)])
     with pytest.raises(SystemExit):
