@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlur.evaluation.benchmark import ROWS, BenchmarkConfig, _converged, extend_result, summarise
 
@@ -90,7 +91,8 @@ def test_extend_result_replaces_and_adds_rows_and_pairs_them_again():
     # Every paired test is made again against the re-measured RLUR row.
     assert merged["paired_vs_rlur"]["cem"]["avg_return_day"]["diff"] == pytest.approx(-0.3)
     assert merged["paired_vs_rlur"]["rlur-candidates"]["avg_return_day"]["diff"] == pytest.approx(0.1)
-    assert merged["seconds"] == 20.0 and merged["extended"] == [{"rows": ["rlur", "rlur-candidates"], "seconds": 10.0}]
+    assert merged["seconds"] == 20.0
+    assert merged["extended"] == [{"rows": ["rlur", "rlur-candidates"], "seconds": 10.0, "machine": None}]
 
 
 def test_extend_result_refuses_rows_with_other_seeds():
@@ -110,7 +112,9 @@ def test_benchmark_extend_end_to_end(tmp_path: Path):
         assert extended["per_seed"][row] == first["per_seed"][row]
     assert set(extended["paired_vs_rlur"]) == {"cem", "td3"}
     assert json.loads((out / "results.json").read_text())["config"]["rows"] == ["cem", "rlur", "td3"]
-    assert "`--extend`" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "`--extend`" in md and f"torch {torch.__version__}" in md  # each part says what it ran on
+    assert extended["machine"] == first["machine"] and extended["extended"][0]["machine"]["cores"] >= 1
     # Re-measuring a row it holds replaces it; the same seeds give the same numbers.
     again = run_benchmark(dataclasses.replace(cfg, rows=("cem",)), out, progress=False, extend=True)
     assert again["per_seed"]["cem"] == first["per_seed"]["cem"] and len(again["extended"]) == 2

@@ -156,6 +156,24 @@ def paired_vs_rlur(per_seed_metrics: dict[str, list[dict]]) -> dict[str, Any]:
     return paired
 
 
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on. The same seeds give the same numbers bit for bit on one
+    machine, but PyTorch's float kernels differ between CPU instruction sets, so a network-trained
+    row can come out differently on another CPU (README, "Reproducing it")."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
 #: Settings that may differ between a benchmark and the run that extends it (``--extend``).
 _FREE_SETTINGS = ("rows", "workers")
 
@@ -188,8 +206,10 @@ def extend_result(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
     per_seed = {r: pick[r]["per_seed"][r] for r in rows}
     merged = {**new, "config": {**new["config"], "rows": rows},
               "seconds": previous["seconds"] + new["seconds"],
+              "machine": previous.get("machine"),
               "extended": [*previous.get("extended", []),
-                           {"rows": list(new["config"]["rows"]), "seconds": new["seconds"]}],
+                           {"rows": list(new["config"]["rows"]), "seconds": new["seconds"],
+                            "machine": new.get("machine")}],
               "per_seed": per_seed,
               "summary": {r: pick[r]["summary"][r] for r in rows},
               "paired_vs_rlur": paired_vs_rlur(per_seed)}
@@ -200,6 +220,14 @@ def _fmt(ci: dict) -> str:
     if math.isnan(ci["ci_low"]):
         return f"{ci['mean']:.3f}"
     return f"{ci['mean']:.3f} ± {(ci['ci_high'] - ci['ci_low']) / 2:.3f}"
+
+
+def _on(machine: dict[str, Any] | None) -> str:
+    """`` on <cpu> (<capability>, N cores), torch <version>`` (empty for results from before it was recorded)."""
+    if not machine:
+        return ""
+    return (f" on {machine['cpu']} ({machine['cpu_capability']}, {machine['cores']} cores), "
+            f"torch {machine['torch']}")
 
 
 def _preset_note(cfg: dict[str, Any]) -> str:
@@ -232,10 +260,11 @@ def results_markdown(result: dict[str, Any]) -> str:
             f"{cmp[0]} | {cmp[1]} | "
             f"{'yes' if s['converged'] else 'no'} | {'' if paper is None else f'{paper[0]} / {paper[1]}'} |"
         )
-    lines += ["", f"Wall time: {result['seconds']:.0f} s with {result['workers']} worker processes.", ""]
+    lines += ["", f"Wall time: {result['seconds']:.0f} s with {result['workers']} worker processes"
+              f"{_on(result.get('machine'))}.", ""]
     for ext in result.get("extended", []):
         lines.insert(-1, f"Rows {', '.join(ext['rows'])} added or re-measured later (`--extend`, "
-                         f"{ext['seconds']:.0f} s of that); the others are as first measured.")
+                         f"{ext['seconds']:.0f} s of that{_on(ext.get('machine'))}); the others are as first measured.")
     return "\n".join(lines)
 
 
@@ -326,7 +355,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True, 
         raise CliError(f"{len(failed)} of {len(jobs)} benchmark runs failed ({reasons}); the finished runs are "
                        f"kept under {out / 'runs'}, so the same command again trains only the failed ones")
     result = {"config": dataclasses.asdict(cfg), "workers": workers, "backend": backend,
-              "seconds": time.perf_counter() - start,
+              "seconds": time.perf_counter() - start, "machine": machine_info(),
               "per_seed": {row: sorted((r["seed"], r["metrics"]) for r in runs) for row, runs in per_seed.items()},
               **summarise(per_seed, cfg)}
     result["per_seed"] = {row: [{"seed": s, **m} for s, m in runs] for row, runs in result["per_seed"].items()}
