@@ -283,8 +283,10 @@ def test_fused_scores_equal_the_fusion_of_the_predicted_scores() -> None:
     # the definition (paper Eq. 1) up to float rounding
     expected = fusion_scores(weights, world.predicted_scores(video, aff))
     assert torch.allclose(fused, expected, rtol=1e-5, atol=1e-6)
-    # the plain bmm formulation bit for bit (both sum the scores in the same order with FMAs)
-    assert _bit_equal(fused, _reference_fused_scores(world, video, aff, weights))
+    # the plain bmm formulation to a few float32 ulps: bit for bit only where the CPU's bmm kernel sums
+    # the 7 products in the same order as the fused loop, which differs between CPUs (the README's
+    # "Reproducing it"; seen: equal on one machine, up to 1.7e-7 relative on an AVX-512 one)
+    assert torch.allclose(fused, _reference_fused_scores(world, video, aff, weights), rtol=1e-6, atol=0.0)
     # inputs gathered by the caller (as the simulator does) give the same scores
     logits = world.pred_scored_t[:, video].contiguous()
     out = torch.empty(b, c)
