@@ -52,8 +52,8 @@ RULES: dict[str, Callable[[], Any]] = {
     "long_view": lambda: FixedPolicy(weighting_action("long_view")),
     "group_rule": lambda: TablePolicy(group_rule_actions(GROUP_RULE)),
     "fatigue_rule": weary_rule,
-    # The same with middle users ranked by long views, fresh or tired: in `weary` this is 0.03 days
-    # better than the fatigue rule on worlds 0–2 (tired middle users skip long videos as well).
+    # The same with middle users ranked by long views alone, fresh or tired: in `weary` this is about
+    # 0.03 days better than the fatigue rule on worlds 0–2 (docs/critic.md, section 9).
     "fatigue_rule_middle_lv": lambda: FatigueSwitchRule(
         {**GROUP_RULE, "middle": ("long_view",)}, {**WEARY_TIRED_RULE, "middle": ("long_view",)},
         switch_after=3, reopen_tired=True),

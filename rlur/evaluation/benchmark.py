@@ -24,7 +24,10 @@ from rlur.evaluation.stats import mean_ci, paired_test
 from rlur.sim.world import WORLD_PRESETS, WorldConfig
 from rlur.training.checkpoint import atomic_write_json
 
-__all__ = ["ALL_ROWS", "EXTRA_ROWS", "ROWS", "BenchmarkConfig", "extend_result", "run_benchmark"]
+__all__ = [
+    "ALL_ROWS", "EXTRA_ROWS", "ROWS", "BenchmarkConfig", "extend_result", "load_extendable", "machine_info",
+    "paired_vs_rlur", "run_benchmark",
+]
 
 #: Row name → (algorithm, RLURConfig overrides). The first five are the paper's rows.
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
