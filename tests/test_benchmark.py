@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import rlur
 from rlur.evaluation.benchmark import ROWS, BenchmarkConfig, _converged, extend_result, summarise
 
 
@@ -115,6 +116,7 @@ def test_benchmark_extend_end_to_end(tmp_path: Path):
     md = (out / "results.md").read_text()
     assert "`--extend`" in md and f"torch {torch.__version__}" in md  # each part says what it ran on
     assert extended["machine"] == first["machine"] and extended["extended"][0]["machine"]["cores"] >= 1
+    assert first["machine"]["code"].startswith(rlur.__version__)  # and the commit, in a git checkout
     # Re-measuring a row it holds replaces it; the same seeds give the same numbers.
     again = run_benchmark(dataclasses.replace(cfg, rows=("cem",)), out, progress=False, extend=True)
     assert again["per_seed"]["cem"] == first["per_seed"]["cem"] and len(again["extended"]) == 2

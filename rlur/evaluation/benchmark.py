@@ -25,8 +25,8 @@ from rlur.sim.world import WORLD_PRESETS, WorldConfig
 from rlur.training.checkpoint import atomic_write_json
 
 __all__ = [
-    "ALL_ROWS", "EXTRA_ROWS", "ROWS", "BenchmarkConfig", "extend_result", "load_extendable", "machine_info",
-    "paired_vs_rlur", "run_benchmark",
+    "ALL_ROWS", "EXTRA_ROWS", "ROWS", "BenchmarkConfig", "code_version", "extend_result", "load_extendable",
+    "machine_info", "paired_vs_rlur", "run_benchmark",
 ]
 
 #: Row name → (algorithm, RLURConfig overrides). The first five are the paper's rows.
@@ -174,7 +174,29 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "python": platform.python_version()}
+            "torch": torch.__version__, "python": platform.python_version(), "code": code_version()}
+
+
+def code_version() -> str:
+    """rlur's version, and the git commit it ran from where the package sits in a git checkout
+    (``+dirty`` when the checkout has uncommitted changes), so that rows added later with ``--extend``
+    say whether the code changed in between."""
+    import subprocess
+
+    from rlur import __version__
+
+    root = Path(__file__).resolve().parents[2]  # the checkout holding rlur/, for a source install
+    if not (root / ".git").exists():  # an installed package: its version says which code it is
+        return __version__
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__} ({commit}{'+dirty' if dirty else ''})"
 
 
 #: Settings that may differ between a benchmark and the run that extends it (``--extend``).
@@ -229,8 +251,9 @@ def _on(machine: dict[str, Any] | None) -> str:
     """`` on <cpu> (<capability>, N cores), torch <version>`` (empty for results from before it was recorded)."""
     if not machine:
         return ""
+    code = f", rlur {machine['code']}" if machine.get("code") else ""
     return (f" on {machine['cpu']} ({machine['cpu_capability']}, {machine['cores']} cores), "
-            f"torch {machine['torch']}")
+            f"torch {machine['torch']}{code}")
 
 
 def _preset_note(cfg: dict[str, Any]) -> str:
