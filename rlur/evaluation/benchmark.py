@@ -248,7 +248,8 @@ def _fmt(ci: dict) -> str:
 
 
 def _on(machine: dict[str, Any] | None) -> str:
-    """`` on <cpu> (<capability>, N cores), torch <version>`` (empty for results from before it was recorded)."""
+    """`` on <cpu> (<capability>, N cores), torch <version>, rlur <code>`` (empty for results from before
+    it was recorded; the code part only once it was)."""
     if not machine:
         return ""
     code = f", rlur {machine['code']}" if machine.get("code") else ""
