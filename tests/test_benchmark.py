@@ -134,8 +134,11 @@ def test_benchmark_extend_errors(tmp_path: Path):
     proc = _cli("--extend", "--algos", "td3", "--out", str(out))
     assert proc.returncode == 2 and "results.json" in proc.stderr and proc.stderr.count("\n") == 1
     out.mkdir(exist_ok=True)
+    (out / "results.json").write_text("[]")
+    proc = _cli("--extend", "--algos", "td3", "--out", str(out))
+    assert proc.returncode == 2 and "not the results.json" in proc.stderr and proc.stderr.count("\n") == 1
     other = dataclasses.asdict(BenchmarkConfig.quick(world_seed=3))
-    (out / "results.json").write_text(json.dumps({"config": other}))
+    (out / "results.json").write_text(json.dumps({"config": other, "per_seed": {}, "summary": {}}))
     proc = _cli("--extend", "--algos", "td3", "--out", str(out))
     assert proc.returncode == 2 and "world_seed 3 there, 0 here" in proc.stderr, proc.stderr
     assert not (out / "runs").exists()  # refused before any training

@@ -213,6 +213,8 @@ def load_extendable(out: Path, cfg: BenchmarkConfig) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"--extend needs an earlier benchmark in {out}, but {path} does not exist")
     previous = json.loads(path.read_text())
+    if not isinstance(previous, dict) or not {"config", "per_seed", "summary"} <= previous.keys():
+        raise ValueError(f"{path} is not the results.json of an rlur benchmark")
     mine, defaults = dataclasses.asdict(cfg), dataclasses.asdict(BenchmarkConfig())
     theirs = {k: previous["config"].get(k, defaults[k]) for k in mine}
     differ = [f"{k} {theirs[k]!r} there, {mine[k]!r} here" for k in mine
