@@ -1,6 +1,7 @@
 """Conformance tests applied to every learning agent, plus RLUR-specific invariants."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -169,13 +170,14 @@ def test_cem_stratified_split_gives_every_member_the_same_group_mix():
     assert torch.equal(a, b) and torch.equal(fresh.member, resumed.member)
 
 
-def test_cem_moves_towards_the_better_weighting():
-    # A toy fitness: members whose first weight is high get short returns.
-    search = CEMSearch(K, G, n_users=64, config=CEMConfig(population=8, generation_steps=1, init_std=0.5), seed=0)
+def _cem_on_toy_fitness(config: CEMConfig, generations: int = 15) -> CEMSearch:
+    """A toy fitness: members whose first weight is high get short returns."""
     from rlur.sim.env import StepResult
 
-    for _ in range(15):
+    search = CEMSearch(K, G, n_users=64, config=config, seed=0)
+    for _ in range(generations):
         served = search.serve(torch.zeros(64, OBS_DIM), torch.zeros(64, dtype=torch.long))
+        assert served["action"].abs().max() <= 1.0  # what is served stays in the action box
         search.clean[:] = True
         result = StepResult(
             obs=torch.zeros(64, OBS_DIM), feedback=torch.zeros(64, 9), session_end=torch.ones(64, dtype=torch.bool),
@@ -184,7 +186,32 @@ def test_cem_moves_towards_the_better_weighting():
             shown=torch.zeros(64, 6, dtype=torch.long),
         )
         search.observe(None, served, result)
+    return search
+
+
+def test_cem_moves_towards_the_better_weighting():
+    search = _cem_on_toy_fitness(CEMConfig(population=8, generation_steps=1, init_std=0.5))
     assert search.mean[0, 0] > 0.5
+
+
+def test_cem_searches_past_the_box_and_deploys_its_clipped_mean():
+    # The best weighting is on the box's face (a_0 = 1): the unclipped search mean goes past it, so
+    # every later draw is served at the face, whereas a search fitted to clipped draws stays inside.
+    config = CEMConfig(population=8, generation_steps=1)
+    search = _cem_on_toy_fitness(config)
+    assert search.mean[0, 0] > 1.0 and search.std.min() >= config.min_std  # the floor holds
+    deployed = search.policy().act(torch.zeros(3, OBS_DIM), torch.zeros(3, dtype=torch.long))
+    assert deployed[:, 0].eq(1.0).all() and deployed.abs().max() <= 1.0
+    boxed = _cem_on_toy_fitness(dataclasses.replace(config, fit_clipped=True))
+    assert boxed.mean.abs().max() <= 1.0
+    # The search state, unclipped draws included, survives a checkpoint.
+    resumed = CEMSearch(K, G, n_users=64, config=config, seed=5)
+    resumed.load_state_dict(search.state_dict())
+    assert torch.equal(resumed.draws, search.draws) and torch.equal(resumed.candidates, search.candidates)
+    # A state saved before the unclipped search existed holds the clipped draws only.
+    old = {k: v for k, v in search.state_dict().items() if k != "draws"}
+    resumed.load_state_dict(old)
+    assert torch.equal(resumed.draws, search.candidates)
 
 
 def test_resume_accepts_a_state_saved_before_a_config_field_existed(tmp_path):

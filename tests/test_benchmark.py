@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import rlur
-from rlur.evaluation.benchmark import ROWS, BenchmarkConfig, _converged, extend_result, summarise
+from rlur.evaluation.benchmark import ROWS, BenchmarkConfig, _converged, extend_result, results_markdown, summarise
 
 
 def test_benchmark_quick_end_to_end(tmp_path: Path):
@@ -94,6 +94,24 @@ def test_extend_result_replaces_and_adds_rows_and_pairs_them_again():
     assert merged["paired_vs_rlur"]["rlur-candidates"]["avg_return_day"]["diff"] == pytest.approx(0.1)
     assert merged["seconds"] == 20.0
     assert merged["extended"] == [{"rows": ["rlur", "rlur-candidates"], "seconds": 10.0, "machine": None}]
+
+
+def test_extend_result_keeps_rows_measured_before_a_metric_existed():
+    # A benchmark written before the per-user return day existed: its rows lack the metric.
+    previous = _result({"cem": 2.0, "rlur": 1.8})
+    for runs in previous["per_seed"].values():
+        for r in runs:
+            del r["avg_return_day_per_user"]
+    for s in previous["summary"].values():
+        del s["avg_return_day_per_user"]
+    merged = extend_result(previous, _result({"cem": 1.9}))
+    pair = merged["paired_vs_rlur"]["cem"]
+    assert pair["avg_return_day"]["diff"] == pytest.approx(-0.1)  # made again on what both rows hold
+    assert "avg_return_day_per_user" not in pair
+    md = results_markdown({**merged, "config": {**dataclasses.asdict(BenchmarkConfig(seeds=3)), **merged["config"]}})
+    cem_line = next(line for line in md.splitlines() if line.startswith("| cem |"))
+    rlur_line = next(line for line in md.splitlines() if line.startswith("| rlur |"))
+    assert cem_line.split("|")[3].strip() != "—" and rlur_line.split("|")[3].strip() == "—"
 
 
 def test_extend_result_refuses_rows_with_other_seeds():

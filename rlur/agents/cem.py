@@ -1,11 +1,13 @@
 """CEM: cross-entropy search over the fusion weights (the paper's production baseline).
 
 A generation splits the simulated users at random among a population of candidate weightings
-drawn from ``N(m, s)``, serves each user its member's weights for ``generation_steps`` batched
-steps, and scores each member by the mean returning time of the sessions that started and ended
-within the window (session-level return). The elite fraction then updates the smoothed mean and
-std. With ``per_group`` one search runs per activity group; with ``stratify`` every member gets the
-same mix of activity groups. The budget is counted in the same batched environment steps as every
+drawn from ``N(m, s)`` (clipped to the action box when served), serves each user its member's
+weights for ``generation_steps`` batched steps, and scores each member by the mean returning time
+of the sessions that started and ended within the window (session-level return). The elite
+fraction's unclipped draws then update the smoothed mean and std, which a floor keeps from
+collapsing on the noisy fitness; the deployed policy is the mean, clipped to the box. With
+``per_group`` one search runs per activity group; with ``stratify`` every member gets the same mix
+of activity groups. The budget is counted in the same batched environment steps as every
 other algorithm.
 """
 
@@ -30,8 +32,17 @@ class CEMConfig:
     """Share of the population kept as elite."""
     smoothing: float = 0.7
     """``m ← (1 − α) m + α · mean(elite)`` (and the same for s)."""
-    init_std: float = 0.5
-    min_std: float = 0.02
+    init_std: float = 1.0
+    """The first generation's std: 1.0 puts many first candidates on the action box's faces."""
+    min_std: float = 0.3
+    """A floor on the search std. Judged on a few dozen users each, the members rank mostly by the
+    luck of their users, and without a floor the std collapses within ~20 generations onto wherever
+    the mean happened to be (docs/critic.md, section 10)."""
+    fit_clipped: bool = False
+    """Fit the next generation to the elite's box-clipped weightings, as CEM did before these defaults
+    (``CEMConfig(init_std=0.5, min_std=0.02, fit_clipped=True)`` is that search, seed for seed). The
+    default fits it to the unclipped draws: the box clips only what is served, so the mean can
+    settle in a corner."""
     generation_steps: int = 60
     """Batched environment steps per generation."""
     per_group: bool = False
@@ -64,7 +75,8 @@ class CEMSearch:
     def _new_generation(self) -> None:
         cfg = self.config
         eps = torch.randn(cfg.population, self.n_tables, self.k, generator=self.rng)
-        self.candidates = (self.mean + self.std * eps).clamp(-1.0, 1.0)  # (P, G, k)
+        self.draws = self.mean + self.std * eps  # (P, G, k)
+        self.candidates = self.draws.clamp(-1.0, 1.0)  # what is served
         self.order = torch.randperm(self.n_users, generator=self.rng)  # users in random order
         self.member = self.order % cfg.population  # (B,), re-dealt by group at the first serve
         self.dealt = not cfg.stratify
@@ -110,7 +122,8 @@ class CEMSearch:
         # Fitness: mean returning time per member (lower is better); unseen members rank last.
         fitness = torch.where(self.fit_count > 0, self.fit_sum / self.fit_count.clamp(min=1), torch.inf)
         elite = fitness.argsort(dim=0)[:n_elite]  # (E, G)
-        chosen = self.candidates.gather(0, elite.unsqueeze(-1).expand(-1, -1, self.k))  # (E, G, k)
+        searched = self.candidates if cfg.fit_clipped else self.draws
+        chosen = searched.gather(0, elite.unsqueeze(-1).expand(-1, -1, self.k))  # (E, G, k)
         a = cfg.smoothing
         self.mean = (1 - a) * self.mean + a * chosen.mean(0)
         elite_std = chosen.std(0, unbiased=False) if n_elite > 1 else torch.zeros_like(self.std)
@@ -125,10 +138,10 @@ class CEMSearch:
         return stats
 
     def policy(self) -> TablePolicy:
-        return TablePolicy(self.mean.clone(), self.std.clone())
+        return TablePolicy(self.mean.clamp(-1.0, 1.0), self.std.clone())
 
     def state_dict(self) -> dict:
-        keys = ("mean", "std", "candidates", "member", "order", "fit_sum", "fit_count", "clean")
+        keys = ("mean", "std", "draws", "candidates", "member", "order", "fit_sum", "fit_count", "clean")
         state = {k: getattr(self, k).clone() for k in keys}
         state.update(rng=self.rng.get_state(), generation=self.generation, steps=self.steps_in_generation,
                      dealt=self.dealt)
@@ -137,6 +150,8 @@ class CEMSearch:
     def load_state_dict(self, state: dict) -> None:
         for k in ("mean", "std", "candidates", "member", "fit_sum", "fit_count", "clean"):
             setattr(self, k, state[k].clone())
+        # Checkpoints written before the unclipped search hold only the clipped draws.
+        self.draws = state["draws"].clone() if "draws" in state else self.candidates.clone()
         # Checkpoints written before stratification: the split they hold is final.
         self.order = state["order"].clone() if "order" in state else self.member.clone()
         self.dealt = state.get("dealt", True)

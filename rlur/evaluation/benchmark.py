@@ -144,7 +144,8 @@ def summarise(per_seed: dict[str, list[dict]], cfg: BenchmarkConfig) -> dict[str
 
 def paired_vs_rlur(per_seed_metrics: dict[str, list[dict]]) -> dict[str, Any]:
     """Paired t-test of RLUR against every other row, seed by seed (results.json's ``per_seed``
-    layout: ``{row: [{"seed": s, metric: value, ...}]}``); empty without an ``rlur`` row."""
+    layout: ``{row: [{"seed": s, metric: value, ...}]}``), on every metric both rows hold; empty
+    without an ``rlur`` row."""
     if "rlur" not in per_seed_metrics:
         return {}
     base = sorted(per_seed_metrics["rlur"], key=lambda r: r["seed"])
@@ -155,7 +156,9 @@ def paired_vs_rlur(per_seed_metrics: dict[str, list[dict]]) -> dict[str, Any]:
         runs = sorted(runs, key=lambda r: r["seed"])
         if [r["seed"] for r in runs] != [r["seed"] for r in base]:
             raise ValueError(f"row {row!r} has seeds {[r['seed'] for r in runs]}, rlur {[r['seed'] for r in base]}")
-        paired[row] = {m: paired_test([r[m] for r in base], [r[m] for r in runs]) for m in METRICS}
+        # A metric added to rlur after a row was measured is tested where both rows have it.
+        measured = [m for m in METRICS if all(m in r for r in base + runs)]
+        paired[row] = {m: paired_test([r[m] for r in base], [r[m] for r in runs]) for m in measured}
     return paired
 
 
@@ -243,7 +246,9 @@ def extend_result(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
     return merged
 
 
-def _fmt(ci: dict) -> str:
+def _fmt(ci: dict | None) -> str:
+    if ci is None:  # a metric added to rlur after the row was measured
+        return "—"
     if math.isnan(ci["ci_low"]):
         return f"{ci['mean']:.3f}"
     return f"{ci['mean']:.3f} ± {(ci['ci_high'] - ci['ci_low']) / 2:.3f}"
@@ -284,7 +289,7 @@ def results_markdown(result: dict[str, Any]) -> str:
                for p in (paired.get("avg_return_day"), paired.get("avg_return_day_per_user"))]
         paper = PAPER.get(row)
         lines.append(
-            f"| {row} | {_fmt(s['avg_return_day'])} | {_fmt(s['avg_return_day_per_user'])} | "
+            f"| {row} | {_fmt(s['avg_return_day'])} | {_fmt(s.get('avg_return_day_per_user'))} | "
             f"{_fmt(s['day1_retention'])} | {_fmt(s['watch_time_per_request'])} | {_fmt(s['session_depth'])} | "
             f"{cmp[0]} | {cmp[1]} | "
             f"{'yes' if s['converged'] else 'no'} | {'' if paper is None else f'{paper[0]} / {paper[1]}'} |"
