@@ -215,8 +215,6 @@ def test_cem_searches_past_the_box_and_deploys_its_clipped_mean():
 
 
 def test_resume_accepts_a_state_saved_before_a_config_field_existed(tmp_path):
-    import dataclasses
-
     from rlur.sim.world import WorldConfig
     from rlur.training.loop import TrainConfig, Trainer
 
