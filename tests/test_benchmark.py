@@ -140,6 +140,26 @@ def test_benchmark_extend_end_to_end(tmp_path: Path):
     assert again["per_seed"]["cem"] == first["per_seed"]["cem"] and len(again["extended"]) == 2
 
 
+def test_code_version_is_dirty_only_when_the_code_changed(tmp_path: Path):
+    from rlur.evaluation.benchmark import code_version
+
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    (tmp_path / "rlur").mkdir()
+    (tmp_path / "docs").mkdir()
+    for name in ("rlur/x.py", "docs/results.md", "pyproject.toml"):
+        (tmp_path / name).write_text("a\n")
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert code_version(tmp_path) == f"{rlur.__version__} ({commit})"
+    (tmp_path / "docs/results.md").write_text("a benchmark's output\n")  # outputs in the checkout
+    assert code_version(tmp_path) == f"{rlur.__version__} ({commit})"
+    (tmp_path / "rlur/x.py").write_text("b\n")  # the code itself
+    assert code_version(tmp_path) == f"{rlur.__version__} ({commit}+dirty)"
+    assert code_version(tmp_path / "rlur") == rlur.__version__  # not a checkout's root: the version alone
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rlur.cli", "benchmark", "--quick", *args],
                           capture_output=True, text=True, timeout=120)

@@ -180,22 +180,24 @@ def machine_info() -> dict[str, Any]:
             "torch": torch.__version__, "python": platform.python_version(), "code": code_version()}
 
 
-def code_version() -> str:
+def code_version(root: Path | None = None) -> str:
     """rlur's version, and the git commit it ran from where the package sits in a git checkout
-    (``+dirty`` when the checkout has uncommitted changes), so that rows added later with ``--extend``
-    say whether the code changed in between."""
+    (``+dirty`` when the checkout's code, ``rlur/`` or ``pyproject.toml``, has uncommitted changes;
+    benchmark outputs written into the checkout do not count), so that rows added later with
+    ``--extend`` say whether the code changed in between."""
     import subprocess
 
     from rlur import __version__
 
-    root = Path(__file__).resolve().parents[2]  # the checkout holding rlur/, for a source install
+    root = root or Path(__file__).resolve().parents[2]  # the checkout holding rlur/, for a source install
     if not (root / ".git").exists():  # an installed package: its version says which code it is
         return __version__
     try:
         git = ["git", "-C", str(root)]
         commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        code = ("--", "rlur", "pyproject.toml")
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", *code], capture_output=True,
                                text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return __version__
