@@ -42,7 +42,7 @@ def test_every_preset_is_valid_and_round_trips_through_json(name: str):
 def test_a_config_saved_before_the_presets_loads_as_the_default_world():
     old = WorldConfig(world_seed=4).to_dict()
     for key in ("fatigue_regret", "habit_from_time", "time_reference", "return_volatility", "user_volatility",
-                "watch_value"):
+                "watch_value", "score_scale"):
         del old[key]
     assert WorldConfig.from_dict(old) == WorldConfig(world_seed=4)
 
@@ -56,10 +56,34 @@ def test_unknown_preset_is_refused_with_the_choices():
 
 @pytest.mark.parametrize("bad", [{"return_volatility": (1.0, 1.0)}, {"return_volatility": (1.0, -1.0, 1.0, 1.0)},
                                  {"user_volatility": -0.1}, {"fatigue_regret": -1.0}, {"fatigue_skip": -1.0},
-                                 {"watch_value": (1.0, 0.3, -0.4)}])
+                                 {"watch_value": (1.0, 0.3, -0.4)}, {"score_scale": "median"}])
 def test_bad_mechanism_settings_are_refused(bad: dict):
     with pytest.raises(ValueError):
         WorldConfig(**bad).validate()
+
+
+def spread_per_unit_weight(world: World) -> torch.Tensor:
+    """Each predicted score's standard deviation across one request's 200 candidates, divided by its
+    ``score_ref`` (so per unit of fusion weight), averaged over 256 requests of fresh users."""
+    users = world.sample_users(256, seed=9)
+    g = torch.Generator().manual_seed(3)
+    video = torch.stack([torch.randperm(world.config.n_videos, generator=g)[:200] for _ in range(256)])
+    affinity = users["interest"].gather(1, world.video_topic[video])
+    return (world.predicted_scores(video, affinity) / world.score_ref).std(dim=1).mean(dim=0)
+
+
+def test_spread_scaling_gives_every_score_the_same_say_per_unit_of_weight():
+    mean_scaled = spread_per_unit_weight(World(WorldConfig()))
+    spread_scaled = spread_per_unit_weight(World(WorldConfig.preset("spread")))
+    like, watch, click = (SCORE_NAMES.index(n) for n in ("like", "watch_time", "click"))
+    # Divided by its typical value, a rare behaviour's score varies most across candidates: a unit of
+    # weight on likes moves the ranking about 3 times as much as one on watch time (docs/simulator.md).
+    assert mean_scaled[like] > 2.5 * mean_scaled[watch] and mean_scaled[like] > 5 * mean_scaled[click]
+    assert spread_scaled.tolist() == pytest.approx([1.0] * len(SCORE_NAMES), abs=0.1)
+    # Only the scale changes: the same world otherwise (users, videos, responses).
+    a, b = World(WorldConfig()), World(WorldConfig(score_scale="spread"))
+    assert torch.equal(a.video_base_logit, b.video_base_logit) and torch.equal(a.sat_coef, b.sat_coef)
+    assert not torch.allclose(a.score_ref, b.score_ref)
 
 
 def test_watch_value_is_the_first_column_of_the_response_value_table():

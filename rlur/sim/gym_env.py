@@ -2,7 +2,8 @@
 
 * **Action**: ``a ∈ [-1, 1]^k`` (``Box(-1, 1, (8,), float32)``, :data:`SCORE_NAMES` order), mapped inside to
   fusion weights ``w = weight_max · (a + 1) / 2`` (:func:`rlur.sim.ranking.action_to_weights`); each
-  predicted score is divided by its typical value ``world.score_ref`` before weighting.
+  predicted score is divided by ``world.score_ref`` (its typical value, or its typical spread across a
+  request's candidates with ``score_scale="spread"``) before weighting.
 * **Reward**: ``-return_time`` (days until the user comes back, a same-day reopen counting a fraction
   of a day) on the request that ends a session, 0 on every other request. Everything else (immediate
   feedback, return day, group, calendar day) goes into ``info``.

@@ -108,6 +108,10 @@ class WorldConfig:
     """No more than this many sessions (app opens) start on one calendar day."""
     weight_max: float = 4.0
     """Action a ∈ [-1, 1]^k maps to fusion weights w = weight_max · (a + 1) / 2 ∈ [0, weight_max]^k."""
+    score_scale: str = "mean"
+    """What each predicted score is divided by before weighting (``World.score_ref``): ``"mean"``, its
+    typical value (the default world), or ``"spread"``, its typical standard deviation across one
+    request's candidates, so that a unit of weight moves every score's say in the ranking equally."""
     # Calibration constants: chosen by ``benchmarks/calibrate.py`` so that the uniform policy
     # reproduces KuaiRand's behaviour rates and return-day histogram (see the README).
     behaviour_bias: tuple[float, ...] = (0.207, -0.772, -6.424, -7.796, -7.549, -9.5, -5.487, -9.061)
@@ -181,6 +185,12 @@ class WorldConfig:
             raise ValueError("user_volatility, fatigue_regret and fatigue_skip must be non-negative")
         if self.return_horizon_days < self.max_return_day:
             raise ValueError("return_horizon_days must be ≥ max_return_day")
+        if self.score_scale not in SCORE_SCALES:
+            raise ValueError(f"score_scale must be one of {', '.join(SCORE_SCALES)}, got {self.score_scale!r}")
+
+
+#: What a predicted score is divided by before weighting (``WorldConfig.score_scale``).
+SCORE_SCALES = ("mean", "spread")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,6 +263,13 @@ _GROUP_REOPEN = (0.4, 0.0, -0.6, -0.3)
 #:   and across same-day reopens (``tests/test_room_to_learn.py``). Unlike the regret of ``tired``,
 #:   skipping shows in the immediate feedback (fewer clicks, long views and watch seconds), so
 #:   RLUR's heuristic reward agrees with it: see ``docs/benchmark/weary/`` and the README.
+#: * ``spread``: the default world with every predicted score divided by its spread across a
+#:   request's candidates instead of its typical value (``score_scale``), so that a unit of weight
+#:   gives every score the same say; divided by its typical value, a like score has about three times
+#:   watch time's. A check that the benchmark's ordering does not hinge on the scaling
+#:   (docs/benchmark/spread/).
+#: * ``weary-spread``: ``weary`` with the same scaling, where trading watch time against long views
+#:   no longer needs the other six weights at the bottom of the box (docs/critic.md, section 10).
 WORLD_PRESETS: dict[str, dict] = {
     "default": {},
     "habit": {
@@ -298,6 +315,25 @@ WORLD_PRESETS: dict[str, dict] = {
         "leave_bias": -3.141,
         "sat_reference": (0.334, 0.331, 0.827, 0.353),
         "time_reference": (0.331, 0.338, 0.323, 0.337),
+    },
+    "spread": {
+        "score_scale": "spread",
+        "behaviour_bias": (0.157, -0.733, -6.315, -7.826, -7.472, -9.382, -5.521, -9.263),
+        "return_day_bias": (0.139, -0.353, -0.156),
+        "reopen_bias": -0.896,
+        "leave_bias": -3.293,
+        "sat_reference": (0.494, 0.328, 0.542, 0.209),
+        "time_reference": (0.495, 0.436, 0.38, 0.387),
+    },
+    "weary-spread": {
+        "fatigue_skip": 6.0,
+        "score_scale": "spread",
+        "behaviour_bias": (1.442, -0.097, -6.069, -7.733, -7.389, -9.329, -5.398, -9.2),
+        "return_day_bias": (0.121, -0.396, -0.219),
+        "reopen_bias": -0.9,
+        "leave_bias": -3.317,
+        "sat_reference": (0.356, 0.323, 0.723, 0.314),
+        "time_reference": (0.354, 0.346, 0.315, 0.332),
     },
 }
 
@@ -378,8 +414,8 @@ class World:
         day_bias = torch.full((h,), c.return_day_bias[2])
         day_bias[0], day_bias[1] = c.return_day_bias[0], c.return_day_bias[1]
         self.return_day_bias = day_bias
-        # Reference scale of each predicted score (a typical value), so that uniform weights give
-        # each behaviour comparable influence in the fusion score Σ_l w_l x_l / ref_l.
+        # Reference scale of each predicted score in the fusion score Σ_l w_l x_l / ref_l: its typical
+        # value (default), or its typical spread across a request's candidates (score_scale).
         self.score_ref = self._score_reference(g)
 
     # ------------------------------------------------------------------------------------------
@@ -436,7 +472,10 @@ class World:
         users = self.sample_users(512, seed=-1)
         video = torch.randint(0, self.config.n_videos, (512, 64), generator=g)
         aff = users["interest"].gather(1, self.video_topic[video])
-        return self.predicted_scores(video, aff).mean(dim=(0, 1))
+        scores = self.predicted_scores(video, aff)  # (512 requests, 64 candidates, k)
+        if self.config.score_scale == "spread":
+            return scores.std(dim=1).mean(dim=0)
+        return scores.mean(dim=(0, 1))
 
     def sample_users(self, n: int, seed: int) -> dict[str, torch.Tensor]:
         """Draw ``n`` users' static traits and initial long-term state from ``seed``.
