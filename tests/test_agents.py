@@ -35,6 +35,7 @@ AGENTS = {
         policy_delay=1, candidate_explore=0.2, candidate_pull=1.0)),
     "rlur-naive": lambda: RLURAgent(OBS_DIM, K, G, RLURConfig(
         policy_delay=1, immediate=False, rnd=False, normalise=False, groups=False, soft_reg=False)),
+    "rlur-group-critics": lambda: RLURAgent(OBS_DIM, K, G, RLURConfig(policy_delay=1, group_critics=True)),
     "td3": lambda: TD3Agent(OBS_DIM, K, G),
 }
 
@@ -47,7 +48,7 @@ def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
     return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
 
 
-@pytest.mark.parametrize("name", ["rlur", "rlur-naive"])
+@pytest.mark.parametrize("name", ["rlur", "rlur-naive", "rlur-group-critics"])
 def test_rlur_actor_loss_moves_only_actor_and_critic_loss_only_critics(name):
     torch.manual_seed(0)
     agent = AGENTS[name]()
@@ -102,6 +103,36 @@ def test_grouped_actor_keeps_groups_apart():
     for before, after in zip(other, mu0.parameters(), strict=True):
         assert torch.equal(before[1:], after.detach()[1:])
         assert not torch.equal(before[0], after.detach()[0])
+
+
+def test_grouped_critics_give_each_row_its_own_groups_twins():
+    from rlur.agents.networks import QCritic
+
+    torch.manual_seed(0)
+    critic = QCritic(OBS_DIM, K, (16,), n_groups=G)
+    obs, action = torch.randn(12, OBS_DIM), torch.rand(12, K) * 2 - 1
+    group = torch.arange(12) % G
+    q1, q2 = critic(obs, action, group)
+    every = critic.twins(torch.cat((obs, action), -1)).squeeze(-1)  # (2G, B): member 2g + j is group g's twin j
+    rows = torch.arange(12)
+    assert torch.equal(q1, every[2 * group, rows]) and torch.equal(q2, every[2 * group + 1, rows])
+    with pytest.raises(ValueError, match="needs the users' groups"):
+        critic(obs, action)
+    shared = QCritic(OBS_DIM, K, (16,))  # n_groups=1: the group, if given, is ignored
+    assert torch.equal(shared(obs, action)[0], shared(obs, action, group)[0])
+
+
+def test_grouped_critics_learn_only_from_their_own_groups_rows():
+    torch.manual_seed(0)
+    agent = RLURAgent(OBS_DIM, K, G, RLURConfig(group_critics=True, policy_delay=10**9))
+    batch = random_batch(128)
+    batch.group = torch.full((128,), 2, dtype=torch.long)  # only group 2 in the batch
+    before = {n: _params(getattr(agent, n)) for n in ("critic_t", "critic_i")}
+    agent.update(batch, torch.Generator().manual_seed(0))
+    for name, params in before.items():
+        for old, new in zip(params, getattr(agent, name).parameters(), strict=True):
+            members = [m for m in range(2 * G) if not torch.equal(old[m], new.detach()[m])]
+            assert members == [4, 5], (name, members)  # group 2's twins, nobody else's
 
 
 @pytest.mark.parametrize("name", sorted(AGENTS))
@@ -298,7 +329,7 @@ def test_candidate_pull_moves_the_actor_towards_the_corner_the_critics_prefer():
 
     corner = weighting_action("long_view")
 
-    def objective(obs, a):
+    def objective(obs, a, group=None):
         return torch.exp(-a.pow(2).sum(-1)) + 2.0 * torch.exp(-(a - corner).pow(2).sum(-1))
 
     def distance(pull: float) -> float:

@@ -57,9 +57,11 @@ def test_ablation_flags_reach_the_config(tmp_path: Path):
 def test_candidate_flags_reach_the_config_and_the_run_explores_corners(tmp_path: Path):
     out = tmp_path / "cand"
     rlur("train", "--algo", "rlur", "--steps", "12", "--out", str(out), "--candidate-explore", "0.5",
-         "--candidate-pull", "2", *TINY)
+         "--candidate-pull", "2", "--group-critics", *TINY)
     cfg = json.loads((out / "config.json").read_text())["rlur"]
-    assert cfg["candidate_explore"] == 0.5 and cfg["candidate_pull"] == 2.0
+    assert cfg["candidate_explore"] == 0.5 and cfg["candidate_pull"] == 2.0 and cfg["group_critics"]
+    critic = torch.load(out / "resume.pt", weights_only=False)["learner"]["agent"]["critic_t"]
+    assert critic["twins.weights.0"].shape[0] == 8  # twins for each of the 4 activity groups
     from rlur.agents.fixed import candidate_weightings
 
     buffer = torch.load(out / "resume.pt", weights_only=False)["learner"]["buffer"]
@@ -124,6 +126,7 @@ def test_existing_run_is_not_overwritten(tmp_path: Path):
     (["train", "--candidate-explore", "1.5", "--out", "{tmp}/ce"], "candidate_explore must be in [0, 1]"),
     (["train", "--candidate-pull", "-1", "--out", "{tmp}/cp"], "non-negative number"),
     (["train", "--algo", "td3", "--candidate-pull", "1", "--out", "{tmp}/ct"], "an option of --algo rlur"),
+    (["train", "--algo", "cem", "--group-critics", "--out", "{tmp}/gc"], "an option of --algo rlur"),
     (["train", "--config", "{tmp}/missing.json", "--out", "{tmp}/c"], "does not exist"),
     (["eval", "--checkpoint", "{tmp}/nowhere", "--out", "{tmp}/e.json"], "no checkpoint"),
 ])

@@ -110,15 +110,27 @@ def gaussian_log_prob(action: torch.Tensor, mu: torch.Tensor, std: torch.Tensor)
 
 
 class QCritic(nn.Module):
-    """Twin Q-networks ``Q_1, Q_2 (s, a)`` (TD3-style clipped double Q), evaluated as one ensemble."""
+    """Twin Q-networks ``Q_1, Q_2 (s, a)`` (TD3-style clipped double Q), evaluated as one ensemble.
 
-    def __init__(self, obs_dim: int, k: int, hidden: tuple[int, ...] = (128, 128)):
+    With ``n_groups > 1`` each activity group has its own twins (as :class:`GroupedMLP`: every pair
+    runs on the whole batch and each row keeps its own group's values).
+    """
+
+    def __init__(self, obs_dim: int, k: int, hidden: tuple[int, ...] = (128, 128), n_groups: int = 1):
         super().__init__()
-        self.twins = EnsembleMLP(2, obs_dim + k, 1, hidden)
+        self.n_groups = n_groups
+        self.twins = EnsembleMLP(2 * n_groups, obs_dim + k, 1, hidden)
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q = self.twins(torch.cat((obs, action), dim=-1)).squeeze(-1)  # (2, B)
-        return q[0], q[1]
+    def forward(
+        self, obs: torch.Tensor, action: torch.Tensor, group: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.twins(torch.cat((obs, action), dim=-1)).squeeze(-1)  # (2G, B)
+        if self.n_groups == 1:
+            return q[0], q[1]
+        if group is None:
+            raise ValueError("a grouped critic needs the users' groups")
+        q = q.view(self.n_groups, 2, -1)[group, :, torch.arange(obs.shape[0])]  # (B, 2)
+        return q[:, 0], q[:, 1]
 
 
 @torch.no_grad()

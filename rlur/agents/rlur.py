@@ -15,7 +15,8 @@ Read next to the paper (section numbers refer to it):
 * Bias (§3.4): one actor per activity group (``GroupedMLP``), each trained on its own group's
   samples with its own averaged loss. Critics are shared (the group is in the state): every group's
   value estimate then learns from all traffic, while no group's policy gradient is drowned by the
-  high-activity majority.
+  high-activity majority. Whether the paper splits its critics too is open: ``group_critics`` gives
+  each group its own ``Q_T`` and ``Q_I`` (the ``rlur-group-critics`` benchmark row).
 * Instability (§3.5): soft regularisation: each sample's actor loss is weighted by
   ``exp(max(λ·(log π(a|s) − log π_b(a|s)), 0))`` (:func:`soft_regularisation_weight`), with the
   behaviour log-density logged when the action was served. The weight is computed without
@@ -87,6 +88,9 @@ class RLURConfig:
     """α, upper clip of the normalised return (paper: 3)."""
     groups: bool = True
     """One actor per activity group (``--no-groups``)."""
+    group_critics: bool = False
+    """One retention and one immediate critic per activity group as well (whether the paper splits
+    its critics is open). Off: the critics are shared and see the group in the state."""
     soft_reg: bool = True
     """Soft regularisation of the actor loss (``--no-soft-reg``)."""
     soft_reg_lambda: float = 1.5
@@ -178,8 +182,8 @@ def soft_regularisation_weight(
 
 
 def candidate_pull(
-    value: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], obs: torch.Tensor, mu: torch.Tensor,
-    candidates: torch.Tensor,
+    value: Callable[..., torch.Tensor], obs: torch.Tensor, mu: torch.Tensor, candidates: torch.Tensor,
+    group: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``1[V(s, c*) > V(s, μ)] · ‖μ(s) − c*‖²`` per row, with ``c* = argmax_c V(s, c)`` over the
     candidate actions ``(M, k)`` and ``V`` the actor's objective (not in the paper).
@@ -187,13 +191,15 @@ def candidate_pull(
     The deterministic policy gradient follows ``∇_a V`` where μ is. Where the best weighting for a
     state sits in another corner of the action box, across a plateau (docs/critic.md, section 10),
     that gradient does not lead there; this pull lets the actor jump to what the critics already
-    value most. The comparison runs without gradient; the pull's gradient reaches μ only.
+    value most. The comparison runs without gradient; the pull's gradient reaches μ only. With
+    ``group`` (per-group critics), ``V`` is called as ``V(s, a, group)``.
     """
     n, m = obs.shape[0], candidates.shape[0]
+    extra = () if group is None else (group.repeat_interleave(m, 0),)
     with torch.no_grad():
-        scores = value(obs.repeat_interleave(m, 0), candidates.repeat(n, 1)).view(n, m)
+        scores = value(obs.repeat_interleave(m, 0), candidates.repeat(n, 1), *extra).view(n, m)
         best_value, best = scores.max(1)
-        better = (best_value > value(obs, mu.detach())).float()
+        better = (best_value > value(obs, mu.detach(), *(() if group is None else (group,)))).float()
     return better * (mu - candidates[best]).pow(2).sum(-1)
 
 
@@ -231,12 +237,13 @@ class RLURAgent:
         actor_groups = n_groups if cfg.groups else 1
         self.actor = GaussianActor(obs_dim, k, actor_groups, cfg.hidden)
         self.actor_target = copy.deepcopy(self.actor)
-        self.critic_t = QCritic(obs_dim, k, cfg.hidden)
+        critic_groups = n_groups if cfg.group_critics else 1
+        self.critic_t = QCritic(obs_dim, k, cfg.hidden, critic_groups)
         self.critic_t_target = copy.deepcopy(self.critic_t)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         critic_params = list(self.critic_t.parameters())
         if cfg.immediate:
-            self.critic_i = QCritic(obs_dim, k, cfg.hidden)
+            self.critic_i = QCritic(obs_dim, k, cfg.hidden, critic_groups)
             self.critic_i_target = copy.deepcopy(self.critic_i)
             critic_params += list(self.critic_i.parameters())
         self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr)
@@ -312,9 +319,9 @@ class RLURAgent:
                 -cfg.target_noise_clip, cfg.target_noise_clip)
             a_next = (mu_next + noise).clamp(-1.0, 1.0)
             # Retention critic target: discount only at the session boundary (§3.1).
-            q1n, q2n = self.critic_t_target(batch.next_obs, a_next)
+            q1n, q2n = self.critic_t_target(batch.next_obs, a_next, batch.group)
             y_t = td_target(r_t, session_discount(batch.session_end, cfg.gamma), torch.min(q1n, q2n))
-        q1, q2 = self.critic_t(batch.obs, batch.action)
+        q1, q2 = self.critic_t(batch.obs, batch.action, batch.group)
         critic_loss = F.mse_loss(q1, y_t) + F.mse_loss(q2, y_t)
         stats["train/critic_T_loss"] = critic_loss.item()
         stats["train/Q_T"] = q1.mean().item()
@@ -326,9 +333,9 @@ class RLURAgent:
                 stats.update(rnd_stats)
                 r_i = r_i + cfg.rnd_coef * bonus
             with torch.no_grad():
-                i1n, i2n = self.critic_i_target(batch.next_obs, a_next)
+                i1n, i2n = self.critic_i_target(batch.next_obs, a_next, batch.group)
                 y_i = td_target(r_i, torch.full_like(r_i, cfg.gamma_immediate), torch.min(i1n, i2n))
-            i1, i2 = self.critic_i(batch.obs, batch.action)
+            i1, i2 = self.critic_i(batch.obs, batch.action, batch.group)
             loss_i = F.mse_loss(i1, y_i) + F.mse_loss(i2, y_i)
             critic_loss = critic_loss + loss_i
             stats["train/critic_I_loss"] = loss_i.item()
@@ -346,12 +353,14 @@ class RLURAgent:
                 polyak_update(self.critic_i_target, self.critic_i, cfg.tau)
         return stats
 
-    def actor_objective(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def actor_objective(
+        self, obs: torch.Tensor, action: torch.Tensor, group: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``β_T Q_T(s, a) + β_I Q_I(s, a)`` (first twins): what the actor maximises (§3.2)."""
         cfg = self.config
-        value = cfg.beta_retention * self.critic_t(obs, action)[0]
+        value = cfg.beta_retention * self.critic_t(obs, action, group)[0]
         if cfg.immediate:
-            value = value + cfg.beta_immediate * self.critic_i(obs, action)[0]
+            value = value + cfg.beta_immediate * self.critic_i(obs, action, group)[0]
         return value
 
     def update_actor(self, batch: Batch) -> dict[str, float]:
@@ -359,10 +368,10 @@ class RLURAgent:
         candidate pull, weighted (§3.5)."""
         cfg = self.config
         mu, std = self.actor(batch.obs, batch.group)
-        per_sample = -self.actor_objective(batch.obs, mu)
+        per_sample = -self.actor_objective(batch.obs, mu, batch.group)
         if cfg.candidate_pull:
             per_sample = per_sample + cfg.candidate_pull * candidate_pull(
-                self.actor_objective, batch.obs, mu, self.candidates)
+                self.actor_objective, batch.obs, mu, self.candidates, batch.group)
         stats: dict[str, float] = {}
         if cfg.soft_reg:
             logp = gaussian_log_prob(batch.action, mu.detach(), std.detach())

@@ -46,6 +46,7 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
 #: (``RLURConfig.candidate_explore`` and ``candidate_pull``; docs/critic.md, section 10).
 EXTRA_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "rlur-candidates": ("rlur", {"candidate_explore": 0.2, "candidate_pull": 1.0}),
+    "rlur-group-critics": ("rlur", {"group_critics": True}),
 }
 ALL_ROWS = {**ROWS, **EXTRA_ROWS}
 PAPER = {  # Cai et al. 2023, Table 1 (offline simulator on KuaiRand): returning time, day-1 retention

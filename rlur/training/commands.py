@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--candidate-pull", type=non_negative_float, default=None, metavar="WEIGHT",
                    help="rlur: weight of the actor's pull towards the pure weighting the critics value most "
                         "(not in the paper; default 0; the rlur-candidates row uses 1)")
+    p.add_argument("--group-critics", action="store_true",
+                   help="rlur: one retention and one immediate critic per activity group, as well as one actor "
+                        "(open in the paper; default: shared critics; the rlur-group-critics row)")
     p.add_argument("--eval-every", type=positive_int, default=None, help="steps between evaluations")
     p.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     p.add_argument("--eval-users", type=positive_int, default=None)
@@ -127,6 +130,10 @@ def _rlur_flags(args: argparse.Namespace, cfg: TrainConfig) -> RLURConfig:
     for flag, field in ABLATIONS.items():
         if getattr(args, f"no_{flag.replace('-', '_')}"):
             rl = dataclasses.replace(rl, **{field: False})
+    if args.group_critics:
+        if cfg.algo != "rlur":
+            raise CliError(f"--group-critics is an option of --algo rlur, not {cfg.algo}")
+        rl = dataclasses.replace(rl, group_critics=True)
     for name in ("candidate_explore", "candidate_pull"):
         if getattr(args, name) is not None:
             if cfg.algo != "rlur":
