@@ -195,11 +195,12 @@ def candidate_pull(
     ``group`` (per-group critics), ``V`` is called as ``V(s, a, group)``.
     """
     n, m = obs.shape[0], candidates.shape[0]
-    extra = () if group is None else (group.repeat_interleave(m, 0),)
+    own = () if group is None else (group,)  # the rows' groups, for per-group critics
+    repeated = () if group is None else (group.repeat_interleave(m, 0),)
     with torch.no_grad():
-        scores = value(obs.repeat_interleave(m, 0), candidates.repeat(n, 1), *extra).view(n, m)
+        scores = value(obs.repeat_interleave(m, 0), candidates.repeat(n, 1), *repeated).view(n, m)
         best_value, best = scores.max(1)
-        better = (best_value > value(obs, mu.detach(), *(() if group is None else (group,)))).float()
+        better = (best_value > value(obs, mu.detach(), *own)).float()
     return better * (mu - candidates[best]).pow(2).sum(-1)
 
 

@@ -269,7 +269,7 @@ _GROUP_REOPEN = (0.4, 0.0, -0.6, -0.3)
 #:   watch time's. A check that the benchmark's ordering does not hinge on the scaling
 #:   (docs/benchmark/spread/).
 #: * ``weary-spread``: ``weary`` with the same scaling, where trading watch time against long views
-#:   no longer needs the other six weights at the bottom of the box (docs/critic.md, section 10).
+#:   no longer needs the other six weights at the bottom of the box (docs/critic.md, section 11).
 WORLD_PRESETS: dict[str, dict] = {
     "default": {},
     "habit": {
