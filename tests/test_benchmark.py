@@ -28,7 +28,9 @@ def test_benchmark_quick_end_to_end(tmp_path: Path):
             assert s["ci_low"] <= s["mean"] <= s["ci_high"]
         assert len(result["per_seed"][row]) == 2
     assert "rlur" not in result["paired_vs_rlur"] and "cem" in result["paired_vs_rlur"]
+    assert result["paired_naive_discount"]["avg_return_day"]["n"] == 2
     assert (out / "results.md").read_text().count("|") > 50
+    assert "RLUR-naive γ = 0.9 − γ = 0, paired by seed" in (out / "results.md").read_text()
     assert (out / "learning_curves.png").stat().st_size > 10_000
     assert "rlur" in proc.stdout and "wrote" in proc.stdout
 
@@ -66,6 +68,25 @@ def test_summarise_pairs_rlur_against_each_row():
     assert paired["p_value"] < 1e-10  # (numerically) identical differences over seeds
     assert out["summary"]["cem"]["avg_return_day"]["mean"] == pytest.approx(2.01)
     assert out["summary"]["rlur"]["converged"]  # a flat curve
+
+
+def test_summarise_pairs_the_naive_discount_rows():
+    per_seed = {"rlur-naive-g0": [_run("rlur-naive-g0", s, 2.0) for s in range(3)],
+                "rlur-naive-g0.9": [_run("rlur-naive-g0.9", s, 1.9) for s in range(3)]}
+    per_seed["rlur-naive-g0.9"][2]["metrics"]["avg_return_day"] += 0.03  # differences -0.1, -0.1, -0.07
+    out = summarise(per_seed, BenchmarkConfig(seeds=3))
+    paired = out["paired_naive_discount"]["avg_return_day"]
+    assert paired["diff"] == pytest.approx(-0.09) and paired["n"] == 3  # γ 0.9 − γ 0
+    assert paired["ci_low"] < -0.09 < paired["ci_high"] < 0 and paired["p_value"] < 0.05
+    assert out["paired_vs_rlur"] == {}  # no rlur row
+    result = {"config": {**dataclasses.asdict(BenchmarkConfig(seeds=3)), "rows": list(per_seed)}, "seconds": 1.0,
+              "workers": 1, **out}
+    line = next(x for x in results_markdown(result).splitlines() if x.startswith("RLUR-naive γ = 0.9 − γ = 0"))
+    assert "return day -0.090 [" in line and "day-1 retention +0.000" in line
+    # Without both naive rows there is nothing to pair, and the report says nothing about it.
+    alone = summarise({"rlur-naive-g0": per_seed["rlur-naive-g0"]}, BenchmarkConfig(seeds=3))
+    assert alone["paired_naive_discount"] == {}
+    assert "RLUR-naive γ = 0.9 − γ = 0" not in results_markdown({**result, **alone})
 
 
 def test_convergence_flag():

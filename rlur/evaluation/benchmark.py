@@ -2,7 +2,8 @@
 
 Every row is trained with the same budget (batched steps × simulated users) for each seed, in
 parallel worker processes, then evaluated with one protocol on the same held-out users. The table
-reports mean ± 95 % t-interval over seeds and a paired t-test of RLUR against every other row.
+reports mean ± 95 % t-interval over seeds and a paired t-test of RLUR against every other row, and
+of RLUR-naive γ = 0.9 against γ = 0 (the paper's second claim: the discount across sessions pays).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from rlur.training.checkpoint import atomic_write_json
 
 __all__ = [
     "ALL_ROWS", "EXTRA_ROWS", "ROWS", "BenchmarkConfig", "code_version", "extend_result", "load_extendable",
-    "machine_info", "paired_vs_rlur", "run_benchmark",
+    "machine_info", "paired_naive_discount", "paired_vs_rlur", "run_benchmark",
 ]
 
 #: Row name → (algorithm, RLURConfig overrides). The first five are the paper's rows.
@@ -140,27 +141,36 @@ def summarise(per_seed: dict[str, list[dict]], cfg: BenchmarkConfig) -> dict[str
         summary[row]["curve"] = {"step": steps, "avg_return_day": [c["mean"] for c in curve], "ci_half": half}
         summary[row]["converged"] = _converged([c["mean"] for c in curve], half)
     metrics = {row: [{"seed": r["seed"], **r["metrics"]} for r in runs] for row, runs in per_seed.items()}
-    return {"summary": summary, "paired_vs_rlur": paired_vs_rlur(metrics)}
+    return {"summary": summary, "paired_vs_rlur": paired_vs_rlur(metrics),
+            "paired_naive_discount": paired_naive_discount(metrics)}
+
+
+def _paired_rows(per_seed_metrics: dict[str, list[dict]], row_a: str, row_b: str) -> dict[str, Any]:
+    """Paired t-test of ``row_a − row_b``, seed by seed (results.json's ``per_seed`` layout:
+    ``{row: [{"seed": s, metric: value, ...}]}``), on every metric both rows hold."""
+    a = sorted(per_seed_metrics[row_a], key=lambda r: r["seed"])
+    b = sorted(per_seed_metrics[row_b], key=lambda r: r["seed"])
+    if [r["seed"] for r in a] != [r["seed"] for r in b]:
+        raise ValueError(f"row {row_b!r} has seeds {[r['seed'] for r in b]}, {row_a} {[r['seed'] for r in a]}")
+    # A metric added after one of the rows was measured is tested where both rows have it.
+    measured = [m for m in METRICS if all(m in r for r in a + b)]
+    return {m: paired_test([r[m] for r in a], [r[m] for r in b]) for m in measured}
 
 
 def paired_vs_rlur(per_seed_metrics: dict[str, list[dict]]) -> dict[str, Any]:
-    """Paired t-test of RLUR against every other row, seed by seed (results.json's ``per_seed``
-    layout: ``{row: [{"seed": s, metric: value, ...}]}``), on every metric both rows hold; empty
-    without an ``rlur`` row."""
+    """Paired t-test of RLUR against every other row (``rlur − row``) on every metric both rows
+    hold; empty without an ``rlur`` row."""
     if "rlur" not in per_seed_metrics:
         return {}
-    base = sorted(per_seed_metrics["rlur"], key=lambda r: r["seed"])
-    paired: dict[str, Any] = {}
-    for row, runs in per_seed_metrics.items():
-        if row == "rlur":
-            continue
-        runs = sorted(runs, key=lambda r: r["seed"])
-        if [r["seed"] for r in runs] != [r["seed"] for r in base]:
-            raise ValueError(f"row {row!r} has seeds {[r['seed'] for r in runs]}, rlur {[r['seed'] for r in base]}")
-        # A metric added to rlur after a row was measured is tested where both rows have it.
-        measured = [m for m in METRICS if all(m in r for r in base + runs)]
-        paired[row] = {m: paired_test([r[m] for r in base], [r[m] for r in runs]) for m in measured}
-    return paired
+    return {row: _paired_rows(per_seed_metrics, "rlur", row) for row in per_seed_metrics if row != "rlur"}
+
+
+def paired_naive_discount(per_seed_metrics: dict[str, list[dict]]) -> dict[str, Any]:
+    """Paired t-test of RLUR-naive γ = 0.9 against γ = 0 (``γ 0.9 − γ 0``; the paper's Table 1 has
+    1.961 − 2.001 = −0.040 days), on every metric both rows hold; empty unless both rows ran."""
+    if not {"rlur-naive-g0.9", "rlur-naive-g0"} <= per_seed_metrics.keys():
+        return {}
+    return _paired_rows(per_seed_metrics, "rlur-naive-g0.9", "rlur-naive-g0")
 
 
 def machine_info() -> dict[str, Any]:
@@ -245,7 +255,8 @@ def extend_result(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
                             "machine": new.get("machine")}],
               "per_seed": per_seed,
               "summary": {r: pick[r]["summary"][r] for r in rows},
-              "paired_vs_rlur": paired_vs_rlur(per_seed)}
+              "paired_vs_rlur": paired_vs_rlur(per_seed),
+              "paired_naive_discount": paired_naive_discount(per_seed)}
     return merged
 
 
@@ -297,12 +308,28 @@ def results_markdown(result: dict[str, Any]) -> str:
             f"{cmp[0]} | {cmp[1]} | "
             f"{'yes' if s['converged'] else 'no'} | {'' if paper is None else f'{paper[0]} / {paper[1]}'} |"
         )
+    lines += _naive_discount_lines(result)
     lines += ["", f"Wall time: {result['seconds']:.0f} s with {result['workers']} worker processes"
               f"{_on(result.get('machine'))}.", ""]
     for ext in result.get("extended", []):
         lines.insert(-1, f"Rows {', '.join(ext['rows'])} added or re-measured later (`--extend`, "
                          f"{ext['seconds']:.0f} s of that{_on(ext.get('machine'))}); the others are as first measured.")
     return "\n".join(lines)
+
+
+def _naive_discount_lines(result: dict[str, Any]) -> list[str]:
+    """The paired comparison of the naive rows under the table (none for a result without both)."""
+    paired = result.get("paired_naive_discount") or {}
+    parts = []
+    for metric, label in (("avg_return_day", "return day"), ("avg_return_day_per_user", "per user"),
+                          ("day1_retention", "day-1 retention")):
+        p = paired.get(metric)
+        if p is not None and not math.isnan(p["ci_low"]):
+            parts.append(f"{label} {p['diff']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}], p={p['p_value']:.3g}")
+    if not parts:
+        return []
+    return ["", "RLUR-naive γ = 0.9 − γ = 0, paired by seed (95 % t-interval; paper: return day −0.040, "
+                "day-1 retention +0.005): " + "; ".join(parts) + "."]
 
 
 def plot_learning_curves(result: dict[str, Any], path: Path) -> None:
