@@ -161,6 +161,23 @@ def test_benchmark_extend_end_to_end(tmp_path: Path):
     assert again["per_seed"]["cem"] == first["per_seed"]["cem"] and len(again["extended"]) == 2
 
 
+def test_benchmark_first_seed_adds_the_same_runs_as_a_longer_benchmark(tmp_path: Path):
+    from rlur.evaluation.benchmark import run_benchmark
+
+    cfg = BenchmarkConfig.quick(steps=12, seeds=3, rows=("cem", "rlur-naive-g0"), workers=1)
+    whole = run_benchmark(cfg, tmp_path / "all", progress=False)
+    later = run_benchmark(dataclasses.replace(cfg, seeds=2, first_seed=1), tmp_path / "later", progress=False)
+    for row in cfg.rows:
+        assert [r["seed"] for r in later["per_seed"][row]] == [1, 2]
+        assert later["per_seed"][row] == whole["per_seed"][row][1:]  # seed i is seed i, whatever runs beside it
+    assert (tmp_path / "later" / "runs" / "cem" / "seed2" / "eval.json").exists()
+    assert not (tmp_path / "later" / "runs" / "cem" / "seed0").exists()
+    assert "2 training seeds (1–2) per row" in (tmp_path / "later" / "results.md").read_text()
+    assert "3 training seeds per row" in (tmp_path / "all" / "results.md").read_text()
+    with pytest.raises(ValueError, match="first_seed"):
+        run_benchmark(dataclasses.replace(cfg, first_seed=-1), tmp_path / "bad", progress=False)
+
+
 def test_code_version_is_dirty_only_when_the_code_changed(tmp_path: Path):
     from rlur.evaluation.benchmark import code_version
 
@@ -201,3 +218,5 @@ def test_benchmark_extend_errors(tmp_path: Path):
     proc = _cli("--extend", "--algos", "td3", "--out", str(out))
     assert proc.returncode == 2 and "world_seed 3 there, 0 here" in proc.stderr, proc.stderr
     assert not (out / "runs").exists()  # refused before any training
+    proc = _cli("--first-seed", "-1", "--out", str(out))
+    assert proc.returncode == 2 and "--first-seed" in proc.stderr and proc.stderr.count("\n") == 1

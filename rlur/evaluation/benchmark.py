@@ -65,6 +65,9 @@ LOWER_IS_BETTER = {"avg_return_day": True, "avg_return_day_per_user": True, "day
 @dataclass
 class BenchmarkConfig:
     seeds: int = 5
+    first_seed: int = 0
+    """Training seeds are ``first_seed … first_seed + seeds − 1``: a second benchmark with
+    ``first_seed = 5`` adds five new seeds, and ``benchmarks/pooled_comparison.py`` pools both."""
     world_seed: int = 0
     rows: tuple[str, ...] = tuple(ROWS)
     steps: int = 1200
@@ -283,12 +286,20 @@ def _preset_note(cfg: dict[str, Any]) -> str:
     return "" if preset == "default" else f" (preset `{preset}`)"
 
 
+def _seeds_note(cfg: dict[str, Any]) -> str:
+    first, n = cfg.get("first_seed", 0), cfg["seeds"]
+    count = f"{n} training seed{'s' if n != 1 else ''}"
+    if first == 0:
+        return count
+    return f"{count} ({first})" if n == 1 else f"{count} ({first}–{first + n - 1})"
+
+
 def results_markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     lines = [
         "# rlur benchmark",
         "",
-        f"World seed {cfg['world_seed']}{_preset_note(cfg)}, {cfg['seeds']} training seeds per row, "
+        f"World seed {cfg['world_seed']}{_preset_note(cfg)}, {_seeds_note(cfg)} per row, "
         f"{cfg['steps']} batched steps × "
         f"{cfg['n_users']} simulated users per run; final evaluation on {cfg['eval_users']} held-out users over "
         f"{cfg['eval_days']} days. Mean ± 95 % t-interval over seeds; paired t-test of RLUR against each row.",
@@ -389,7 +400,9 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True, 
     if cfg.world_preset not in WORLD_PRESETS:
         raise ValueError(f"unknown world preset {cfg.world_preset!r}; choose from {', '.join(WORLD_PRESETS)}")
     previous = load_extendable(out, cfg) if extend else None
-    jobs = [(row, seed) for row in cfg.rows for seed in range(cfg.seeds)]
+    if cfg.first_seed < 0:
+        raise ValueError(f"first_seed must be non-negative, got {cfg.first_seed}")
+    jobs = [(row, seed) for row in cfg.rows for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds)]
     if backend == "ray":
         from rlur.distributed.backend import cluster_cpus
         from rlur.distributed.grid import run_grid

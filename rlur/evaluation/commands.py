@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rlur.cli import CliError, check_writable, positive_int
+from rlur.cli import CliError, check_writable, non_negative_int, positive_int
 from rlur.distributed.backend import add_backend_args, check_backend_args
 from rlur.evaluation.benchmark import (
     ALL_ROWS,
@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "results.json, results.md and learning_curves.png.",
     )
     p.add_argument("--seeds", type=positive_int, default=None, help="training seeds per row (default 5; quick: 2)")
+    p.add_argument("--first-seed", type=non_negative_int, default=None,
+                   help="train seeds FIRST … FIRST + SEEDS − 1 (default 0): more seeds for an earlier benchmark, "
+                        "to pool with it (benchmarks/pooled_comparison.py)")
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--world-preset", choices=WORLD_PRESETS, default="default",
                    help="variant of the built-in world (default: default; see docs/simulator.md)")
@@ -56,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict = {"world_seed": args.world_seed, "world_path": args.world, "world_preset": args.world_preset}
     if args.seeds is not None:
         overrides["seeds"] = args.seeds
+    if args.first_seed is not None:
+        overrides["first_seed"] = args.first_seed
     if args.steps is not None:
         overrides["steps"] = args.steps
     if args.workers is not None:
