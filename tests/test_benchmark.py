@@ -178,6 +178,23 @@ def test_benchmark_first_seed_adds_the_same_runs_as_a_longer_benchmark(tmp_path:
         run_benchmark(dataclasses.replace(cfg, first_seed=-1), tmp_path / "bad", progress=False)
 
 
+def test_benchmark_records_the_code_its_runs_started_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from rlur.evaluation import benchmark
+
+    checkout = {"code": "start"}
+    original = benchmark._train_one
+
+    def train_then_check_out_other_code(*args):
+        checkout["code"] = "checked out while the runs went on"
+        return original(*args)
+
+    real = benchmark.machine_info()
+    monkeypatch.setattr(benchmark, "machine_info", lambda: {**real, **checkout})
+    monkeypatch.setattr(benchmark, "_train_one", train_then_check_out_other_code)
+    cfg = BenchmarkConfig.quick(steps=12, seeds=1, rows=("cem",), workers=1)
+    assert benchmark.run_benchmark(cfg, tmp_path / "b", progress=False)["machine"]["code"] == "start"
+
+
 def test_code_version_is_dirty_only_when_the_code_changed(tmp_path: Path):
     from rlur.evaluation.benchmark import code_version
 

@@ -415,6 +415,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True, 
     else:
         raise ValueError(f"unknown backend {backend!r}")
     start = time.perf_counter()
+    machine = machine_info()  # the code the runs start from, not whatever is checked out when they end
     per_seed: dict[str, list[dict]] = {row: [] for row in cfg.rows}
     failed: list[Any] = []
     with tqdm(total=len(jobs), desc="benchmark runs", unit="run", disable=not progress) as bar:
@@ -432,7 +433,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True, 
         raise CliError(f"{len(failed)} of {len(jobs)} benchmark runs failed ({reasons}); the finished runs are "
                        f"kept under {out / 'runs'}, so the same command again trains only the failed ones")
     result = {"config": dataclasses.asdict(cfg), "workers": workers, "backend": backend,
-              "seconds": time.perf_counter() - start, "machine": machine_info(),
+              "seconds": time.perf_counter() - start, "machine": machine,
               "per_seed": {row: sorted((r["seed"], r["metrics"]) for r in runs) for row, runs in per_seed.items()},
               **summarise(per_seed, cfg)}
     result["per_seed"] = {row: [{"seed": s, **m} for s, m in runs] for row, runs in result["per_seed"].items()}
