@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rlur.evaluation.stats import paired_test
+from rlur.evaluation.stats import mean_ci, paired_test
 
 
 def seed_pairs(results: dict, row_a: str, row_b: str, metric: str) -> list[tuple[int, float, float]]:
@@ -54,6 +54,8 @@ def pooled_comparison(benchmarks: dict[str, dict], row_a: str, row_b: str, metri
         all_a += a
         all_b += b
     out["pooled"] = paired_test(all_a, all_b)
+    # Each row's own mean over the pooled pairs' seeds (a t-interval over seeds, not paired).
+    out["pooled_rows"] = {row_a: mean_ci(all_a), row_b: mean_ci(all_b)}
     return out
 
 
@@ -74,11 +76,11 @@ def markdown_table(comparisons: list[dict[str, Any]], benchmarks: list[str]) -> 
     """One row per comparison, one column per metric: the pooled difference, its CI and p."""
     metrics = list(dict.fromkeys(c["metric"] for c in comparisons))
     pairs = list(dict.fromkeys(tuple(c["rows"]) for c in comparisons))
-    cell = {(tuple(c["rows"]), c["metric"]): c["pooled"] for c in comparisons}
+    cell = {(tuple(c["rows"]), c["metric"]): (c["pooled"], c["pooled_rows"]) for c in comparisons}
     lines = [
         f"Pooled paired t-tests over {len(benchmarks)} benchmarks ({', '.join(f'`{b}`' for b in benchmarks)}); "
         "seed i of one row against seed i of the other inside each benchmark. Difference A − B, "
-        "95 % t-interval, p.",
+        "95 % t-interval, p; in brackets after n, the two rows' means over the same seeds.",
         "",
         "| A − B | " + " | ".join(metrics) + " |",
         "|---|" + "---|" * len(metrics),
@@ -86,9 +88,9 @@ def markdown_table(comparisons: list[dict[str, Any]], benchmarks: list[str]) -> 
     for a, b in pairs:
         cells = []
         for m in metrics:
-            r = cell[(a, b), m]
+            r, rows = cell[(a, b), m]
             cells.append(f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], p = {r['p_value']:.2g} "
-                         f"(n = {r['n']})")
+                         f"(n = {r['n']}; {rows[a]['mean']:.3f} − {rows[b]['mean']:.3f})")
         lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, r in c["per_benchmark"].items():
             print(_line(name, r))
         print(_line("pooled", c["pooled"]))
+        for row, m in c["pooled_rows"].items():
+            print(f"  {row} over the same seeds: {m['mean']:.4f}  [{m['ci_low']:.4f}, {m['ci_high']:.4f}]")
     if args.out:
         args.out.write_text(json.dumps(comparisons, indent=2))
     if args.markdown:

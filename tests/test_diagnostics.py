@@ -238,6 +238,9 @@ def test_pooled_comparison_by_hand():
     # t = mean / (sd / √n); the differences' sample variance is 23.2 / 4 = 5.8; p: t with 4 dof.
     assert out["pooled"]["t"] == pytest.approx(3.6 / math.sqrt(5.8 / 5))
     assert out["pooled"]["p_value"] == pytest.approx(0.0288, abs=5e-4)
+    # Each row's mean over the pooled seeds: a over 11, 12, 13, 5, 7; b over 10, 10, 10, 0, 0.
+    assert out["pooled_rows"]["a"]["mean"] == pytest.approx(9.6) and out["pooled_rows"]["a"]["n"] == 5
+    assert out["pooled_rows"]["b"]["mean"] == pytest.approx(6.0)
 
 
 def test_pooled_comparison_writes_json_and_markdown(tmp_path, capsys):
@@ -252,7 +255,7 @@ def test_pooled_comparison_writes_json_and_markdown(tmp_path, capsys):
     assert comparison["pooled"]["diff"] == pytest.approx(-0.2)
     assert comparison["pooled"]["n"] == 6
     table = (tmp_path / "p.md").read_text()
-    assert "| rlur − cem | -0.200 [" in table
+    assert "| rlur − cem | -0.200 [" in table and "(n = 6; 1.100 − 1.300)" in table
     assert "pooled" in capsys.readouterr().out
 
 
