@@ -399,9 +399,9 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True, 
         raise ValueError(f"unknown benchmark rows {unknown}; choose from {', '.join(ALL_ROWS)}")
     if cfg.world_preset not in WORLD_PRESETS:
         raise ValueError(f"unknown world preset {cfg.world_preset!r}; choose from {', '.join(WORLD_PRESETS)}")
-    previous = load_extendable(out, cfg) if extend else None
     if cfg.first_seed < 0:
         raise ValueError(f"first_seed must be non-negative, got {cfg.first_seed}")
+    previous = load_extendable(out, cfg) if extend else None
     jobs = [(row, seed) for row in cfg.rows for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds)]
     if backend == "ray":
         from rlur.distributed.backend import cluster_cpus
