@@ -1,15 +1,17 @@
 """The diagnostics of docs/critic.md: benchmarks/critic_gradients.py, reward_snr.py, metric_weighting.py,
-normalised_return.py, and the pooled comparison of benchmarks (pooled_comparison.py)."""
+normalised_return.py, session_length.py, and the pooled comparison of benchmarks (pooled_comparison.py)."""
 
 import importlib.util
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from rlur.agents.fixed import GROUP_RULE, group_rule_actions, weighting_action
+from rlur.sim.env import RetentionEnv
 from rlur.sim.world import GROUPS, SCORE_NAMES, World, WorldConfig
 from rlur.training.loop import TrainConfig, Trainer
 
@@ -31,6 +33,7 @@ normalised_return = _load("normalised_return")
 habit_tradeoff = _load("habit_tradeoff")
 pooled = _load("pooled_comparison")
 rule_ceiling = _load("rule_ceiling")
+session_length = _load("session_length")
 
 
 def test_agreement_by_hand():
@@ -273,3 +276,51 @@ def test_pooled_comparison_errors_are_one_line(tmp_path, capsys):
     disjoint = {"per_seed": {"rlur": [{"seed": 0, "avg_return_day": 1.0}], "cem": [{"seed": 1, "avg_return_day": 2.0}]}}
     with pytest.raises(ValueError, match="share no seed"):
         pooled.pooled_comparison({"w": disjoint}, "rlur", "cem", "avg_return_day")
+
+
+def test_the_length_probe_with_no_change_is_the_world(one_thread):
+    """No shift and the world's follow gain: the same trajectories as the plain environment, bit for bit."""
+    world = World(SMALL)
+    policy = session_length.POLICIES["group"]()
+    plain, probe = RetentionEnv(world, n_users=64, seed=3), session_length.LengthProbeEnv(world, 64, 3)
+    for _ in range(30):
+        a, b = (env.step(policy.act(env.observe(), env.group)) for env in (plain, probe))
+        assert torch.equal(a.obs, b.obs) and torch.equal(a.return_day, b.return_day)
+    assert torch.equal(plain.habit, probe.habit)
+
+
+def test_the_length_probe_lengthens_sessions_and_removes_the_follow_habit(one_thread):
+    world = World(SMALL)
+    base = session_length.run(world, "uniform", users=256, days=3, seed=0, shift=0.0, follow_gain=0.25)
+    longer = session_length.run(world, "uniform", users=256, days=3, seed=0, shift=2.0, follow_gain=0.25)
+    assert longer["session_depth"] > base["session_depth"] + 1
+    # A session end with 2 follows: the habit moves 15 % of the way to its target, plus the
+    # follow gain per follow (0.25 in the world, 0 with follow_gain=0).
+    for gain in (0.25, 0.0):
+        env = session_length.LengthProbeEnv(world, 8, 0, follow_gain=gain)
+        env.session_follows.fill_(2.0)
+        before, n = env.habit.clone(), torch.arange(8)
+        env._end_sessions(n, torch.zeros(8, dtype=torch.bool), torch.ones(8, dtype=torch.long), torch.ones(8),
+                          torch.zeros(8))
+        expected = 0.85 * before + 0.15 * world.group_habit[env.group] + 2 * gain
+        assert torch.allclose(env.habit, expected.clamp(-3, 3))
+    with pytest.raises(ValueError, match="follow_gain"):
+        session_length.LengthProbeEnv(world, 8, 0, follow_gain=-1.0)
+
+
+def test_paired_ratio_difference_by_hand():
+    a = (np.array([2.0, 4.0]), np.array([1.0, 1.0]))  # ratio 3
+    b = (np.array([1.0, 1.0]), np.array([1.0, 1.0]))  # ratio 1
+    out = session_length.paired_ratio_difference(a, b, n_boot=50)
+    assert out["diff"] == pytest.approx(2.0) and out["ci_low"] <= 2.0 <= out["ci_high"]
+    same = session_length.paired_ratio_difference(a, a, n_boot=50)
+    assert same["diff"] == same["ci_low"] == same["ci_high"] == 0.0
+    with pytest.raises(ValueError, match="same users"):
+        session_length.paired_ratio_difference(a, (np.ones(3), np.ones(3)))
+
+
+def test_the_length_probe_cli_rejects_bad_input(one_thread):
+    with pytest.raises(SystemExit, match="unknown policy"):
+        session_length.main(["--policies", "nope"])
+    with pytest.raises(SystemExit, match="numbers"):
+        session_length.main(["--shift", "x"])
