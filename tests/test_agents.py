@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlur.agents.cem import CEMConfig, CEMSearch
-from rlur.agents.rlur import RLURAgent, RLURConfig
+from rlur.agents.rlur import RLURAgent, RLURConfig, rnd_error
 from rlur.agents.td3 import TD3Agent
 from rlur.sim.env import OBS_DIM, RetentionEnv
 from rlur.sim.world import BEHAVIOURS, WorldConfig
@@ -89,6 +89,24 @@ def test_rnd_reward_never_enters_the_retention_critic():
     r_without, _ = b.retention_reward(batch)
     assert torch.equal(r_with, r_without)
     assert torch.equal(r_with, torch.where(batch.session_end, -batch.return_time, 0.0))
+
+
+@pytest.mark.parametrize("rnd_state", ["current", "next"])
+def test_rnd_bonus_pays_the_novelty_of_the_state_it_names(rnd_state):
+    torch.manual_seed(0)
+    agent = RLURAgent(OBS_DIM, K, G, RLURConfig(rnd_state=rnd_state))
+    twin = copy.deepcopy(agent)
+    batch = random_batch()
+    named = batch.obs if rnd_state == "current" else batch.next_obs
+    expected = rnd_error(agent.rnd_predictor(named), agent.rnd_target(named)).detach()
+    bonus, _ = agent.intrinsic_reward(batch)
+    assert torch.allclose(bonus, expected / agent.rnd_scale)  # scaled by the running mean error
+    # Only the named states enter: replacing the other ones changes nothing.
+    other = "next_obs" if rnd_state == "current" else "obs"
+    changed = dataclasses.replace(batch, **{other: torch.randn_like(getattr(batch, other))})
+    assert torch.equal(twin.intrinsic_reward(changed)[0], bonus)
+    with pytest.raises(ValueError, match="rnd_state"):
+        RLURConfig(rnd_state="previous")
 
 
 def test_grouped_actor_keeps_groups_apart():

@@ -80,6 +80,11 @@ class RLURConfig:
     """Add the RND intrinsic reward to Q_I's reward (``--no-rnd``)."""
     rnd_coef: float = 0.1
     """Weight of the intrinsic reward (normalised to unit running mean) in Q_I's reward."""
+    rnd_state: str = "current"
+    """Whose novelty the intrinsic reward of a transition pays: the request's own state
+    (``"current"``, as first shipped: that part of the reward does not depend on the action) or the
+    state the action leads to (``"next"``, as in Burda et al.'s RND). The paper says only "the user
+    state"."""
     normalise: bool = True
     """Normalise the return time by the Markov bound (``--no-normalise``)."""
     return_quantile: float = 0.6
@@ -120,6 +125,8 @@ class RLURConfig:
             raise ValueError(f"candidate_explore must be in [0, 1], got {self.candidate_explore}")
         if not self.candidate_pull >= 0.0:
             raise ValueError(f"candidate_pull must be non-negative, got {self.candidate_pull}")
+        if self.rnd_state not in ("current", "next"):
+            raise ValueError(f"rnd_state must be 'current' or 'next', got {self.rnd_state!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -300,8 +307,10 @@ class RLURAgent:
         return torch.where(end, -t, torch.zeros_like(t)), stats
 
     def intrinsic_reward(self, batch: Batch) -> tuple[torch.Tensor, dict]:
-        """RND: train ``E`` towards the fixed ``E'``; the prediction error is the bonus."""
-        err = rnd_error(self.rnd_predictor(batch.obs), self.rnd_target(batch.obs))
+        """RND: train ``E`` towards the fixed ``E'`` on the states ``rnd_state`` names; the
+        prediction error on them is the bonus."""
+        states = batch.next_obs if self.config.rnd_state == "next" else batch.obs
+        err = rnd_error(self.rnd_predictor(states), self.rnd_target(states))
         loss = err.mean()
         self.rnd_opt.zero_grad()
         loss.backward()
