@@ -23,11 +23,11 @@ import argparse
 import itertools
 from typing import Any
 
-import numpy as np
 import torch
 
 from rlur.agents.fixed import group_rule_actions, weighting_action
 from rlur.agents.policy import TablePolicy
+from rlur.evaluation.metrics import bootstrap_ratio_difference_ci
 from rlur.evaluation.rollout import rollout
 from rlur.sim.env import RetentionEnv
 from rlur.sim.world import GROUPS, WORLD_PRESETS, World, WorldConfig
@@ -71,19 +71,6 @@ def run(world: World, policy: str, users: int, days: int, seed: int, shift: floa
             "habit": {g: float(env.habit[env.group == k].mean()) for k, g in enumerate(GROUPS)}}
 
 
-def paired_ratio_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray],
-                            n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
-    """``Σa₀/Σa₁ − Σb₀/Σb₁`` and its 95 % interval, resampling the users of both together."""
-    (an, ad), (bn, bd) = a, b
-    if not len(an) == len(ad) == len(bn) == len(bd):
-        raise ValueError("paired samples need the same users")
-    w = np.random.default_rng(seed).poisson(1.0, size=(n_boot, len(an))).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):  # a resample without a gap: NaN, left out
-        reps = (w @ an) / (w @ ad) - (w @ bn) / (w @ bd)
-    lo, hi = np.nanquantile(reps, [0.025, 0.975])
-    return {"diff": float(an.sum() / ad.sum() - bn.sum() / bd.sum()), "ci_low": float(lo), "ci_high": float(hi)}
-
-
 def probe(world: World, policies: list[str], shifts: list[float], users: int, days: int,
           seeds: list[int]) -> list[dict[str, Any]]:
     """Every (policy, seed, shift, follows on/off), each compared with the same users' world as it is."""
@@ -98,8 +85,9 @@ def probe(world: World, policies: list[str], shifts: list[float], users: int, da
                 "avg_return_day": float(r["gap_days"].sum() / r["gaps"].sum()),
                 "day1_retention": float(r["day1"].sum() / r["gaps"].sum()),
                 "session_depth": r["session_depth"], "habit": r["habit"],
-                "vs_world": {metric: paired_ratio_difference((r[num], r["gaps"]), (base[num], base["gaps"]))
-                             for metric, num in (("avg_return_day", "gap_days"), ("day1_retention", "day1"))},
+                "vs_world": {metric: dict(zip(("diff", "ci_low", "ci_high"), bootstrap_ratio_difference_ci(
+                    (r[num], r["gaps"]), (base[num], base["gaps"]), n_boot=1000), strict=True))
+                    for metric, num in (("avg_return_day", "gap_days"), ("day1_retention", "day1"))},
             })
             print(_line(rows[-1]), flush=True)
     return rows

@@ -6,7 +6,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -306,17 +305,6 @@ def test_the_length_probe_lengthens_sessions_and_removes_the_follow_habit(one_th
         assert torch.allclose(env.habit, expected.clamp(-3, 3))
     with pytest.raises(ValueError, match="follow_gain"):
         session_length.LengthProbeEnv(world, 8, 0, follow_gain=-1.0)
-
-
-def test_paired_ratio_difference_by_hand():
-    a = (np.array([2.0, 4.0]), np.array([1.0, 1.0]))  # ratio 3
-    b = (np.array([1.0, 1.0]), np.array([1.0, 1.0]))  # ratio 1
-    out = session_length.paired_ratio_difference(a, b, n_boot=50)
-    assert out["diff"] == pytest.approx(2.0) and out["ci_low"] <= 2.0 <= out["ci_high"]
-    same = session_length.paired_ratio_difference(a, a, n_boot=50)
-    assert same["diff"] == same["ci_low"] == same["ci_high"] == 0.0
-    with pytest.raises(ValueError, match="same users"):
-        session_length.paired_ratio_difference(a, (np.ones(3), np.ones(3)))
 
 
 def test_the_length_probe_cli_rejects_bad_input(one_thread):

@@ -30,6 +30,7 @@ from rlur.agents.fixed import (
     weighting_action,
 )
 from rlur.agents.policy import TablePolicy
+from rlur.evaluation.metrics import bootstrap_ratio_difference_ci
 from rlur.evaluation.rollout import rollout
 from rlur.sim.env import RetentionEnv
 from rlur.sim.world import GROUPS, SCORE_NAMES, World, WorldConfig
@@ -74,11 +75,8 @@ def return_day_by_group(world: World, policy, seed: int) -> torch.Tensor:
 
 def clearly_better(a: tuple, b: tuple, n_boot: int = 400) -> tuple[bool, float, float]:
     """Paired bootstrap over users of ``ratio(a) − ratio(b)``; True when its 95 % CI is below 0."""
-    rng = np.random.default_rng(0)
-    w = rng.poisson(1.0, size=(n_boot, len(a[0])))
-    diff = (w @ a[0]) / (w @ a[1]) - (w @ b[0]) / (w @ b[1])
-    lo, hi = np.quantile(diff, [0.025, 0.975])
-    return hi < 0, float(lo), float(hi)
+    _, lo, hi = bootstrap_ratio_difference_ci(a, b, n_boot=n_boot, seed=0)
+    return hi < 0, lo, hi
 
 
 def fixed(action: torch.Tensor) -> TablePolicy:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats as st
 
-from rlur.evaluation.metrics import MetricsRecorder, bootstrap_ratio_ci
+from rlur.evaluation.metrics import MetricsRecorder, bootstrap_ratio_ci, bootstrap_ratio_difference_ci
 from rlur.evaluation.stats import mean_ci, paired_test
 
 
@@ -55,6 +55,28 @@ def test_bootstrap_ratio_ci_covers_the_truth():
     assert est == pytest.approx(num.sum() / den.sum())
     assert lo < 0.3 < hi
     assert hi - lo < 0.05
+
+
+def test_paired_ratio_difference_by_hand():
+    a = (np.array([2.0, 4.0]), np.array([1.0, 1.0]))  # ratio 3
+    b = (np.array([1.0, 1.0]), np.array([1.0, 1.0]))  # ratio 1
+    est, lo, hi = bootstrap_ratio_difference_ci(a, b, n_boot=50)
+    assert est == pytest.approx(2.0) and lo <= 2.0 <= hi
+    assert bootstrap_ratio_difference_ci(a, a, n_boot=50) == (0.0, 0.0, 0.0)  # every resample: 0
+    with pytest.raises(ValueError, match="same users"):
+        bootstrap_ratio_difference_ci(a, (np.ones(3), np.ones(3)))
+
+
+def test_paired_ratio_difference_is_tighter_than_unpaired_when_users_share_the_noise():
+    """Users differ a lot; the two policies differ by a constant 0.1 per unit: the paired interval
+    is narrow and excludes 0, where the users' own spread would swamp two separate intervals."""
+    rng = np.random.default_rng(2)
+    den = rng.integers(1, 10, size=400).astype(float)
+    base = den * rng.uniform(1.0, 5.0, size=400)
+    est, lo, hi = bootstrap_ratio_difference_ci((base + 0.1 * den, den), (base, den), n_boot=400)
+    assert est == pytest.approx(0.1) and 0.0 < lo <= 0.1 <= hi < 0.2
+    _, a_lo, a_hi = bootstrap_ratio_ci(base + 0.1 * den, den)
+    assert a_hi - a_lo > 5 * (hi - lo)
 
 
 def test_per_user_return_day_weighs_every_user_once():

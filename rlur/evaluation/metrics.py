@@ -24,6 +24,7 @@ metric is a ratio of per-user sums, so heavy users weigh as much as their traffi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +33,30 @@ import torch
 from rlur.sim.env import StepResult
 from rlur.sim.world import BEHAVIOURS
 
-__all__ = ["MetricsRecorder", "bootstrap_ratio_ci"]
+__all__ = ["MetricsRecorder", "bootstrap_ratio_ci", "bootstrap_ratio_difference_ci"]
+
+
+def _poisson_weights(n_rows: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Poisson(1) resampling weights ``(m, n_rows)`` per chunk, ``n_boot`` rows in all: one random
+    stream (the chunks concatenate to a single draw), chunked so memory stays linear in the rows."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_boot, 2_000_000 // max(1, n_rows)))
+    done = 0
+    while done < n_boot:
+        m = min(chunk, n_boot - done)
+        yield rng.poisson(1.0, size=(m, n_rows)).astype(np.float64)
+        done += m
+
+
+def _ratio(w: np.ndarray, num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    d = w @ den
+    return np.where(d > 0, (w @ num) / np.where(d > 0, d, 1.0), np.nan)
+
+
+def _interval(reps: list[np.ndarray], level: float) -> tuple[float, float]:
+    alpha = (1 - level) / 2
+    lo, hi = np.nanquantile(np.concatenate(reps), [alpha, 1 - alpha])
+    return float(lo), float(hi)
 
 
 def bootstrap_ratio_ci(
@@ -49,20 +73,24 @@ def bootstrap_ratio_ci(
     est = float(num.sum() / total) if total > 0 else float("nan")
     if len(num) < 2 or total <= 0 or n_boot <= 0:
         return est, float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    reps: list[np.ndarray] = []
-    chunk = max(1, min(n_boot, 2_000_000 // max(1, len(num))))
-    done = 0
-    while done < n_boot:
-        m = min(chunk, n_boot - done)
-        w = rng.poisson(1.0, size=(m, len(num))).astype(np.float64)
-        d = w @ den
-        reps.append(np.where(d > 0, (w @ num) / np.where(d > 0, d, 1.0), np.nan))
-        done += m
-    r = np.concatenate(reps)
-    alpha = (1 - level) / 2
-    lo, hi = np.nanquantile(r, [alpha, 1 - alpha])
-    return est, float(lo), float(hi)
+    return (est, *_interval([_ratio(w, num, den) for w in _poisson_weights(len(num), n_boot, seed)], level))
+
+
+def bootstrap_ratio_difference_ci(
+    a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], n_boot: int = 400, seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Point estimate and paired bootstrap CI of ``Σ a_num / Σ a_den − Σ b_num / Σ b_den``, where row
+    i of ``a = (a_num, a_den)`` and of ``b`` is the same user under two policies: each resample
+    weighs a user the same in both, so what the users share cancels out."""
+    an, ad, bn, bd = (np.asarray(x, dtype=np.float64) for x in (*a, *b))
+    if not len(an) == len(ad) == len(bn) == len(bd):
+        raise ValueError("a paired comparison needs the same users (rows) on both sides")
+    est = float(an.sum() / ad.sum() - bn.sum() / bd.sum()) if ad.sum() > 0 and bd.sum() > 0 else float("nan")
+    if len(an) < 2 or n_boot <= 0 or est != est:
+        return est, float("nan"), float("nan")
+    reps = [_ratio(w, an, ad) - _ratio(w, bn, bd) for w in _poisson_weights(len(an), n_boot, seed)]
+    return (est, *_interval(reps, level))
 
 
 @dataclass
