@@ -87,7 +87,7 @@ def bootstrap_ratio_difference_ci(
     if not len(an) == len(ad) == len(bn) == len(bd):
         raise ValueError("a paired comparison needs the same users (rows) on both sides")
     est = float(an.sum() / ad.sum() - bn.sum() / bd.sum()) if ad.sum() > 0 and bd.sum() > 0 else float("nan")
-    if len(an) < 2 or n_boot <= 0 or est != est:
+    if len(an) < 2 or n_boot <= 0 or np.isnan(est):
         return est, float("nan"), float("nan")
     reps = [_ratio(w, an, ad) - _ratio(w, bn, bd) for w in _poisson_weights(len(an), n_boot, seed)]
     return (est, *_interval(reps, level))
