@@ -11,7 +11,9 @@ to it a learner has found: 0 is no better than CEM, 1 is as good as the best rul
 The rules (``rlur.agents.fixed``): uniform weights, watch time or long views for everyone, the group
 rule (one weighting per activity group) and the ``weary`` world's fatigue rule (heavy users ranked by
 watch time for the first 3 requests of the day's first session, by long views after that and through
-every same-day reopen), and the same fatigue rule with middle users ranked by long views throughout.
+every same-day reopen), the same fatigue rule with middle users ranked by long views throughout, and
+the ``binge`` world's rule (middle users ranked by watch time for the first 5 requests of the day's
+first session, by their group weighting after that and through every same-day reopen).
 A rule is a lower bound on what a state-dependent policy can reach, not the optimum.
 
     python benchmarks/rule_ceiling.py --benchmark docs/benchmark/weary --out ceiling.json
@@ -34,6 +36,7 @@ from rlur.agents.fixed import (
     WEARY_TIRED_RULE,
     FatigueSwitchRule,
     FixedPolicy,
+    binge_rule,
     group_rule_actions,
     weary_rule,
     weighting_action,
@@ -57,6 +60,7 @@ RULES: dict[str, Callable[[], Any]] = {
     "fatigue_rule_middle_lv": lambda: FatigueSwitchRule(
         {**GROUP_RULE, "middle": ("long_view",)}, {**WEARY_TIRED_RULE, "middle": ("long_view",)},
         switch_after=3, reopen_tired=True),
+    "binge_rule": binge_rule,
 }
 METRICS = ("avg_return_day", "avg_return_day_per_user", "day1_retention", "watch_time_per_request")
 

@@ -8,8 +8,9 @@
   weighting after a few requests beats both of the weightings it switches between. That last
   property holds in the ``tired`` world preset (tired users regret long watching) and in the
   ``weary`` preset (tired users skip long videos, and fresh users' best weighting still differs by
-  group), not in the default world, where even a rule that sees the true fatigue does not beat the
-  group rule (see docs/simulator.md). Without state
+  group) and in the ``binge`` preset (middle-activity users finish long videos only while fresh; the
+  other groups' best weightings are the default world's), not in the default world, where even a
+  rule that sees the true fatigue does not beat the group rule (see docs/simulator.md). Without state
   dependence, a static search such as CEM would already be optimal and no RL method could beat it.
 
 Comparisons run on the same held-out users with the same protocol; "clearly better" means the
@@ -21,9 +22,11 @@ import pytest
 import torch
 
 from rlur.agents.fixed import (
+    BINGE_FRESH_RULE,
     GROUP_RULE,
     WEARY_TIRED_RULE,
     FatigueSwitchRule,
+    binge_rule,
     candidate_weightings,
     group_rule_actions,
     weary_rule,
@@ -59,15 +62,15 @@ def world() -> World:
     return World(WorldConfig(world_seed=0))
 
 
-def per_user(world: World, policy, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user (sum of return gaps, number of gaps) over DAYS days for USERS users of ``seed``."""
-    rec, _ = rollout(RetentionEnv(world, n_users=USERS, seed=seed), policy, days=DAYS)
+def per_user(world: World, policy, seed: int, users: int = USERS) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user (sum of return gaps, number of gaps) over DAYS days for ``users`` users of ``seed``."""
+    rec, _ = rollout(RetentionEnv(world, n_users=users, seed=seed), policy, days=DAYS)
     return rec.gap_days.numpy(), rec.gaps.numpy()
 
 
-def return_day_by_group(world: World, policy, seed: int) -> torch.Tensor:
-    """Average return day of each activity group (GROUPS order), USERS users of ``seed`` over DAYS."""
-    env = RetentionEnv(world, n_users=USERS, seed=seed)
+def return_day_by_group(world: World, policy, seed: int, users: int = USERS) -> torch.Tensor:
+    """Average return day of each activity group (GROUPS order), ``users`` users of ``seed`` over DAYS."""
+    env = RetentionEnv(world, n_users=users, seed=seed)
     rec, _ = rollout(env, policy, days=DAYS)
     return torch.stack([rec.gap_days[env.group == g].sum() / rec.gaps[env.group == g].sum().clamp(min=1)
                         for g in range(len(GROUPS))])
@@ -170,3 +173,47 @@ def test_in_the_weary_world_the_fresh_best_weighting_differs_across_groups(weary
     assert heavy_only[GROUPS.index("high")] == everyone[GROUPS.index("high")]  # the same rule for them
     for group in ("low", "new"):
         assert everyone[GROUPS.index(group)] > heavy_only[GROUPS.index(group)] + 1.0, group
+
+
+@pytest.fixture(scope="module")
+def binge_world() -> World:
+    return World(WorldConfig.preset("binge"))
+
+
+# The ``binge`` world (rlur.agents.fixed.binge_rule): middle-activity users finish long videos while
+# fresh and drop them as they tire, so they are ranked by watch time for the first 5 requests of the
+# day's first session and by their group weighting (long views and likes) after that and through every
+# same-day reopen. The other groups are as in the default world. Middle users are a fifth of the
+# users, so the effect on everyone's return day is small; 4,096 users resolve it.
+BINGE_USERS = 4096
+
+
+@pytest.mark.parametrize("seed", [41, 42])
+def test_the_best_weighting_changes_with_fatigue_in_the_binge_world(binge_world, seed):
+    switching = per_user(binge_world, binge_rule(), seed=seed, users=BINGE_USERS)
+    for always in (GROUP_RULE, BINGE_FRESH_RULE):  # either weighting kept all the time
+        kept = per_user(binge_world, group_rule(always), seed=seed, users=BINGE_USERS)
+        ok, lo, hi = clearly_better(switching, kept)
+        assert ok and hi < -0.01, (always["middle"], lo, hi)
+
+
+def test_in_the_binge_world_the_switch_pays_middle_users(binge_world):
+    switching = return_day_by_group(binge_world, binge_rule(), seed=43, users=BINGE_USERS)
+    kept = return_day_by_group(binge_world, group_rule(), seed=43, users=BINGE_USERS)
+    middle = GROUPS.index("middle")
+    assert switching[middle] < kept[middle] - 0.1  # about a fifth of a day for them
+    for group in ("high", "low", "new"):  # the others are served alike (same weighting, same users)
+        assert torch.isclose(switching[GROUPS.index(group)], kept[GROUPS.index(group)], atol=0.05), group
+
+
+def test_in_the_binge_world_the_rules_beat_the_best_fixed_weighting_and_groups_differ(binge_world):
+    best = best_fixed_weighting(binge_world)
+    best_fixed = per_user(binge_world, fixed(best), seed=22)
+    for rule in (group_rule(), binge_rule()):
+        ok, lo, hi = clearly_better(per_user(binge_world, rule, seed=22), best_fixed)
+        assert ok and hi < -0.05, (lo, hi, best.tolist())
+    watch = return_day_by_group(binge_world, fixed(weighting_action("watch_time")), seed=31)
+    long_view = return_day_by_group(binge_world, fixed(weighting_action("long_view")), seed=31)
+    assert watch[GROUPS.index("high")] < long_view[GROUPS.index("high")]
+    for group in ("low", "new"):
+        assert long_view[GROUPS.index(group)] < watch[GROUPS.index(group)], group

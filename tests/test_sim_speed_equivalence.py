@@ -20,7 +20,6 @@ import pytest
 import torch
 
 from rlur.evaluation.metrics import MetricsRecorder
-from rlur.sim import env as env_module
 from rlur.sim.env import (
     OBS_DIM,
     RetentionEnv,
@@ -117,7 +116,7 @@ class _ReferenceEnv(RetentionEnv):
             + self.fatigue[:, None, None] * w.coef_fatigue
             + repetition.unsqueeze(-1) * w.coef_repeat
         )
-        taste = w.group_duration[g] - env_module.FATIGUE_DURATION * self.fatigue
+        taste = w.group_duration[g] - w.group_duration_fatigue[g] * self.fatigue
         logit[..., _LONG] += w.video_duration_z[shown] * taste[:, None]
         skip = self.config.fatigue_skip * self.fatigue[:, None] * w.video_duration_z[shown].clamp(min=0)
         logit[..., _CLICK] -= skip

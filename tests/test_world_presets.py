@@ -42,7 +42,7 @@ def test_every_preset_is_valid_and_round_trips_through_json(name: str):
 def test_a_config_saved_before_the_presets_loads_as_the_default_world():
     old = WorldConfig(world_seed=4).to_dict()
     for key in ("fatigue_regret", "habit_from_time", "time_reference", "return_volatility", "user_volatility",
-                "watch_value", "score_scale"):
+                "watch_value", "score_scale", "long_taste", "long_taste_fatigue"):
         del old[key]
     assert WorldConfig.from_dict(old) == WorldConfig(world_seed=4)
 
@@ -56,7 +56,8 @@ def test_unknown_preset_is_refused_with_the_choices():
 
 @pytest.mark.parametrize("bad", [{"return_volatility": (1.0, 1.0)}, {"return_volatility": (1.0, -1.0, 1.0, 1.0)},
                                  {"user_volatility": -0.1}, {"fatigue_regret": -1.0}, {"fatigue_skip": -1.0},
-                                 {"watch_value": (1.0, 0.3, -0.4)}, {"score_scale": "median"}])
+                                 {"watch_value": (1.0, 0.3, -0.4)}, {"score_scale": "median"},
+                                 {"long_taste": (0.9, 0.0, -0.9)}, {"long_taste_fatigue": (0.4, -0.1, 0.4, 0.4)}])
 def test_bad_mechanism_settings_are_refused(bad: dict):
     with pytest.raises(ValueError):
         WorldConfig(**bad).validate()
@@ -146,6 +147,23 @@ def test_tired_users_skip_long_videos_only_where_asked():
     assert torch.equal(r1[0], r0[0]) and torch.equal(w1[0], w0[0])
     # and the skipped seconds show in the watch time, which RLUR's heuristic reward counts.
     assert w1.sum() < 0.8 * w0.sum()
+
+
+def test_middle_users_finish_long_videos_while_fresh_and_drop_them_tired_in_the_binge_preset():
+    taste = {key: WORLD_PRESETS["binge"][key] for key in ("long_taste", "long_taste_fatigue")}
+    env, shown, (r0, w0, _, _), (r1, w1, _, _) = _respond_in_both(taste, 256, one_hot("watch_time").mu[0])
+    middle = env.group == GROUPS.index("middle")
+    assert middle.sum() > 20
+    assert torch.equal(r1[~middle], r0[~middle]) and torch.equal(w1[~middle], w0[~middle])  # only they change
+    long_view, long_video = BEHAVIOURS.index("long_view"), env.world.video_duration_z[shown] > 0
+    # Their taste for long videos, 2 − 2 · fatigue, falls below the default world's −0.4 · fatigue at 1.25.
+    fresh = (middle & (env.fatigue < 1.25))[:, None] & long_video
+    tired = (middle & (env.fatigue > 1.25))[:, None] & long_video
+    lv0, lv1 = r0[..., long_view], r1[..., long_view]
+    assert (lv1[fresh] >= lv0[fresh]).all() and lv1[fresh].sum() > lv0[fresh].sum()  # same uniforms
+    assert (lv1[tired] <= lv0[tired]).all() and lv1[tired].sum() < lv0[tired].sum()
+    # and the watch seconds follow, which RLUR's heuristic reward counts
+    assert w1[fresh].sum() > w0[fresh].sum() and w1[tired].sum() < w0[tired].sum()
 
 
 def _mean_habit(config: WorldConfig, policy: TablePolicy) -> float:

@@ -10,8 +10,9 @@ from rlur.sim.env import obs_column
 from rlur.sim.world import GROUPS, SCORE_NAMES
 
 __all__ = [
-    "FIXED_POLICIES", "GROUP_RULE", "WEARY_TIRED_RULE", "FatigueSwitchRule", "FixedPolicy", "RandomPolicy",
-    "candidate_weightings", "group_rule_actions", "make_fixed_policy", "weary_rule", "weighting_action",
+    "BINGE_FRESH_RULE", "FIXED_POLICIES", "GROUP_RULE", "WEARY_TIRED_RULE", "FatigueSwitchRule", "FixedPolicy",
+    "RandomPolicy", "binge_rule", "candidate_weightings", "group_rule_actions", "make_fixed_policy", "weary_rule",
+    "weighting_action",
 ]
 
 
@@ -126,6 +127,19 @@ def weary_rule() -> FatigueSwitchRule:
     of the day's first session, by long views after that and through every same-day reopen; the
     other groups as in :data:`GROUP_RULE` (docs/simulator.md, ``tests/test_room_to_learn.py``)."""
     return FatigueSwitchRule(GROUP_RULE, WEARY_TIRED_RULE, switch_after=3, reopen_tired=True)
+
+
+#: The ``binge`` world's rule while fresh: middle-activity users then finish long videos, so watch
+#: time suits them; tired, they drop long videos and their group weighting (long views and likes) wins.
+BINGE_FRESH_RULE: dict[str, tuple[str, ...]] = {**GROUP_RULE, "middle": ("watch_time",)}
+
+
+def binge_rule() -> FatigueSwitchRule:
+    """The ``binge`` world's fatigue rule: middle-activity users ranked by watch time for the first 5
+    requests of the day's first session, by their group weighting (:data:`GROUP_RULE`) after that and
+    through every same-day reopen; the other groups as in :data:`GROUP_RULE` (docs/simulator.md,
+    ``tests/test_room_to_learn.py``)."""
+    return FatigueSwitchRule(BINGE_FRESH_RULE, GROUP_RULE, switch_after=5, reopen_tired=True)
 
 
 FIXED_POLICIES = ("uniform", "click", "random")

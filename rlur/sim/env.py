@@ -30,8 +30,6 @@ __all__ = [
 ]
 
 _R = len(BEHAVIOURS)
-#: How much each unit of fatigue lowers the long-view logit per unit of video duration (z-score).
-FATIGUE_DURATION = 0.4
 #: Users scored per chunk in the candidate stage, at most: a chunk's buffers (a few MB) stay in cache,
 #: and chunks this large keep the number of ops (each a parallel region with several threads) low.
 _RANK_CHUNK = 512
@@ -335,7 +333,7 @@ class RetentionEnv:
         # are: heavy users finish long videos, casual users do not, and nobody does when tired.
         # The predictors only know the average effect, so the best weight on watch time changes
         # with the user's group and fatigue.
-        taste = w.group_duration.index_select(0, g) - FATIGUE_DURATION * self.fatigue
+        taste = w.group_duration.index_select(0, g) - w.group_duration_fatigue.index_select(0, g) * self.fatigue
         logit3[_LONG].add_(dur_z.view(b, s) * taste[:, None])
         if self.config.fatigue_skip:  # tired users skip long videos (0 in the default world)
             skip = dur_z.view(b, s).clamp(min=0).mul_((self.config.fatigue_skip * self.fatigue)[:, None])

@@ -144,6 +144,13 @@ class WorldConfig:
     watch_value: tuple[float, ...] = (1.0, 0.3, -0.4, -0.1)
     """Satisfaction per 81 s watched, per group (high, middle, low, new): the first column of the
     response-value table (``World.sat_coef``). Heavy users value time spent most in the default world."""
+    long_taste: tuple[float, ...] = (0.9, 0.0, -0.9, -0.6)
+    """Long-view logit per unit of a video's duration z-score, per group (high, middle, low, new), for a
+    fresh user, on top of the average effect the predictors know: heavy users finish long videos,
+    casual and new users drop them (``World.group_duration``)."""
+    long_taste_fatigue: tuple[float, ...] = (0.4, 0.4, 0.4, 0.4)
+    """How much each unit of fatigue lowers that taste, per group: nobody finishes long videos when
+    tired. The ``binge`` preset gives middle-activity users a strong taste that tiredness reverses."""
     return_volatility: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     """Scale of the return noise (``return_noise``) per group (high, middle, low, new)."""
     user_volatility: float = 0.0
@@ -165,7 +172,7 @@ class WorldConfig:
         d = dict(d)
         d["group_mix"] = tuple(d["group_mix"])
         for key in ("behaviour_bias", "return_day_bias", "sat_reference", "return_volatility", "time_reference",
-                    "watch_value"):
+                    "watch_value", "long_taste", "long_taste_fatigue"):
             if key in d:  # configs saved before a field existed get its default
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -179,6 +186,11 @@ class WorldConfig:
             raise ValueError(f"group_mix needs {len(GROUPS)} non-negative shares, got {self.group_mix}")
         if len(self.watch_value) != len(GROUPS):
             raise ValueError(f"watch_value needs {len(GROUPS)} values, got {self.watch_value}")
+        if len(self.long_taste) != len(GROUPS) or len(self.long_taste_fatigue) != len(GROUPS):
+            raise ValueError(f"long_taste and long_taste_fatigue need {len(GROUPS)} values each, got "
+                             f"{self.long_taste} and {self.long_taste_fatigue}")
+        if min(self.long_taste_fatigue) < 0:
+            raise ValueError(f"long_taste_fatigue must be non-negative, got {self.long_taste_fatigue}")
         if len(self.return_volatility) != len(GROUPS) or min(self.return_volatility) < 0:
             raise ValueError(f"return_volatility needs {len(GROUPS)} non-negative scales, got {self.return_volatility}")
         if self.user_volatility < 0 or self.fatigue_regret < 0 or self.fatigue_skip < 0:
@@ -226,9 +238,6 @@ _SAT_COEF_RESPONSES = (
 _GROUP_AFFINITY_MULT = (1.3, 1.0, 0.4, 0.6)
 _GROUP_QUALITY_MULT = (0.6, 1.0, 1.6, 1.2)
 _GROUP_BAIT_MULT = (0.8, 1.0, 1.6, 1.3)
-# Long-view logit per unit of duration z-score, on top of the average (−0.5): heavy users finish long
-# videos, casual and new users drop them.
-_GROUP_DURATION = (0.9, 0.0, -0.9, -0.6)
 # Satiation: a topic's effective affinity drops by this much per unit of its recent share of the
 # shown videos (the predictors do not see it, so late in a session affinity-driven scores mislead).
 SATIATION = 4.0
@@ -263,6 +272,11 @@ _GROUP_REOPEN = (0.4, 0.0, -0.6, -0.3)
 #:   and across same-day reopens (``tests/test_room_to_learn.py``). Unlike the regret of ``tired``,
 #:   skipping shows in the immediate feedback (fewer clicks, long views and watch seconds), so
 #:   RLUR's heuristic reward agrees with it: see ``docs/benchmark/weary/`` and the README.
+#: * ``binge``: the default world, except that middle-activity users finish long videos while fresh
+#:   and drop them as they tire (``long_taste``, ``long_taste_fatigue``), so their best weighting
+#:   turns from watch time to their group's long views and likes as fatigue builds, while the other
+#:   groups keep the default world's: the best weighting depends on the group *and* on fatigue
+#:   (``tests/test_room_to_learn.py``), and the immediate feedback shows the change.
 #: * ``spread``: the default world with every predicted score divided by its spread across a
 #:   request's candidates instead of its typical value (``score_scale``), so that a unit of weight
 #:   gives every score the same say; divided by its typical value, a like score has about three times
@@ -315,6 +329,16 @@ WORLD_PRESETS: dict[str, dict] = {
         "leave_bias": -3.141,
         "sat_reference": (0.334, 0.331, 0.827, 0.353),
         "time_reference": (0.331, 0.338, 0.323, 0.337),
+    },
+    "binge": {
+        "long_taste": (0.9, 2.0, -0.9, -0.6),
+        "long_taste_fatigue": (0.4, 2.0, 0.4, 0.4),
+        "behaviour_bias": (0.208, -0.749, -6.416, -7.789, -7.556, -9.463, -5.477, -8.976),
+        "return_day_bias": (0.121, -0.378, -0.185),
+        "reopen_bias": -0.911,
+        "leave_bias": -3.098,
+        "sat_reference": (0.468, 0.343, 0.647, 0.25),
+        "time_reference": (0.469, 0.467, 0.397, 0.396),
     },
     "spread": {
         "score_scale": "spread",
@@ -380,7 +404,9 @@ class World:
         self.group_affinity_mult = coef(_GROUP_AFFINITY_MULT)
         self.group_quality_mult = coef(_GROUP_QUALITY_MULT)
         self.group_bait_mult = coef(_GROUP_BAIT_MULT)
-        self.group_duration = coef(_GROUP_DURATION)
+        #: Long-view logit per unit of duration z-score when fresh, and its loss per unit of fatigue.
+        self.group_duration = coef(c.long_taste)
+        self.group_duration_fatigue = coef(c.long_taste_fatigue)
         self.coef_quality = coef(_COEF_QUALITY)
         self.coef_bait = coef(_COEF_BAIT)
 
