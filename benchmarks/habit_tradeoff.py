@@ -7,13 +7,13 @@ Then, per group, the best weighting for each of the two, and what serving the ne
 costs later on. A discount can only pay where the two bests differ by more than the noise.
 
 In the ``habit`` preset middle-activity users return later after a watch-time session but sooner
-later on (time spent builds habit); in the default world watch time is worse for them both times
+later on (time spent builds habit); in the ``classic`` world watch time is worse for them both times
 (docs/simulator.md, docs/critic.md section 7). The ``longterm`` preset makes that trade-off large
 (0.5 days per return a week later) and is what docs/critic.md section 8 tests the discount on.
 
     python benchmarks/habit_tradeoff.py --world-preset habit
     python benchmarks/habit_tradeoff.py --world-preset longterm --out tradeoff.json
-    python benchmarks/habit_tradeoff.py --world-preset default --weightings uniform,watch_time,long_view+like
+    python benchmarks/habit_tradeoff.py --world-preset classic --weightings uniform,watch_time,long_view+like
 """
 
 from __future__ import annotations

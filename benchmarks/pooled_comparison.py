@@ -5,8 +5,8 @@ world, same held-out users). A difference a world makes to both rows alike cance
 so the pairs of several benchmarks can be pooled into one paired t-test with more power than any
 one of them:
 
-    python benchmarks/pooled_comparison.py docs/benchmark docs/benchmark/world-seed-1 \\
-        docs/benchmark/world-seed-2 --rows rlur-naive-g0.9,rlur-naive-g0 --rows rlur,cem \\
+    python benchmarks/pooled_comparison.py docs/benchmark/classic/world-seed-0 docs/benchmark/classic/world-seed-1 \\
+        docs/benchmark/classic/world-seed-2 --rows rlur-naive-g0.9,rlur-naive-g0 --rows rlur,cem \\
         --metrics avg_return_day,avg_return_day_per_user --markdown pooled.md
 
 prints the difference ``A − B`` of every ``--rows A,B`` per benchmark and pooled (mean, 95 %

@@ -1,7 +1,7 @@
 """How loud each of RLUR's rewards is about the action, per transition: signal against noise.
 
 Two fixed policies are served to the same users: uniform weights, and the hand-written rule with
-one weighting per activity group (the best state rule known for the default world,
+one weighting per activity group (the best state rule known for the ``classic`` world,
 ``tests/test_room_to_learn.py``). For each reward this reports
 
 * **retention** (``T``, the returning time at a session's end): the difference in mean ``T`` per

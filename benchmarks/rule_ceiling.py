@@ -12,8 +12,8 @@ The rules (``rlur.agents.fixed``): uniform weights, watch time or long views for
 rule (one weighting per activity group) and the ``weary`` world's fatigue rule (heavy users ranked by
 watch time for the first 3 requests of the day's first session, by long views after that and through
 every same-day reopen), the same fatigue rule with middle users ranked by long views throughout, and
-the ``binge`` world's rule (middle users ranked by watch time for the first 5 requests of the day's
-first session, by their group weighting after that and through every same-day reopen).
+the default world's rule, ``binge_rule`` (middle users ranked by watch time for the first 5 requests
+of the day's first session, by their group weighting after that and through every same-day reopen).
 A rule is a lower bound on what a state-dependent policy can reach, not the optimum.
 
     python benchmarks/rule_ceiling.py --benchmark docs/benchmark/weary --out ceiling.json

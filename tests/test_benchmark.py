@@ -12,6 +12,7 @@ import torch
 
 import rlur
 from rlur.evaluation.benchmark import ROWS, BenchmarkConfig, _converged, extend_result, results_markdown, summarise
+from rlur.sim.world import WorldConfig
 
 
 def test_benchmark_quick_end_to_end(tmp_path: Path):
@@ -151,7 +152,9 @@ def test_benchmark_extend_end_to_end(tmp_path: Path):
     for row in ("cem", "rlur"):
         assert extended["per_seed"][row] == first["per_seed"][row]
     assert set(extended["paired_vs_rlur"]) == {"cem", "td3"}
-    assert json.loads((out / "results.json").read_text())["config"]["rows"] == ["cem", "rlur", "td3"]
+    saved = json.loads((out / "results.json").read_text())["config"]
+    assert saved["rows"] == ["cem", "rlur", "td3"]
+    assert WorldConfig.from_dict(saved["world"]) == WorldConfig()  # the world itself, not only its name
     md = (out / "results.md").read_text()
     assert "`--extend`" in md and f"torch {torch.__version__}" in md  # each part says what it ran on
     assert extended["machine"] == first["machine"] and extended["extended"][0]["machine"]["cores"] >= 1
@@ -218,6 +221,27 @@ def test_code_version_is_dirty_only_when_the_code_changed(tmp_path: Path):
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rlur.cli", "benchmark", "--quick", *args],
                           capture_output=True, text=True, timeout=120)
+
+
+def test_extend_keeps_every_row_in_one_world(tmp_path: Path):
+    from rlur.evaluation.benchmark import load_extendable
+
+    cfg = BenchmarkConfig.quick()
+
+    def earlier(config: dict) -> None:
+        (tmp_path / "results.json").write_text(json.dumps({"config": config, "per_seed": {}, "summary": {}}))
+
+    # Written before results.json recorded its world: its "default" was the classic world then.
+    earlier(dataclasses.asdict(cfg))
+    with pytest.raises(ValueError, match="extend it with --world-preset classic"):
+        load_extendable(tmp_path, cfg)
+    assert load_extendable(tmp_path, dataclasses.replace(cfg, world_preset="classic"))
+    # Recorded: the world counts, not the preset's name (``binge`` is the default world).
+    binge = dataclasses.replace(cfg, world_preset="binge")
+    earlier({**dataclasses.asdict(binge), "world": WorldConfig.preset("binge").to_dict()})
+    assert load_extendable(tmp_path, cfg)
+    with pytest.raises(ValueError, match="another world than --world-preset 'classic'"):
+        load_extendable(tmp_path, dataclasses.replace(cfg, world_preset="classic"))
 
 
 def test_benchmark_extend_errors(tmp_path: Path):

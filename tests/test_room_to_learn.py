@@ -4,14 +4,15 @@
 * some fixed weighting is clearly better than uniform;
 * the best weighting depends on the user's state: it differs across activity groups, so a
   hand-written rule with one weighting per group beats the best single fixed weighting found by a
-  search; and it changes with fatigue inside a session, so a rule that switches a heavy user's
-  weighting after a few requests beats both of the weightings it switches between. That last
-  property holds in the ``tired`` world preset (tired users regret long watching) and in the
-  ``weary`` preset (tired users skip long videos, and fresh users' best weighting still differs by
-  group) and in the ``binge`` preset (middle-activity users finish long videos only while fresh; the
-  other groups' best weightings are the default world's), not in the default world, where even a
-  rule that sees the true fatigue does not beat the group rule (see docs/simulator.md). Without state
-  dependence, a static search such as CEM would already be optimal and no RL method could beat it.
+  search; and it changes with fatigue, so a rule that switches a user's weighting after a few
+  requests beats both of the weightings it switches between. In the default world middle-activity
+  users finish long videos while fresh and drop them as they tire (``rlur.agents.fixed.binge_rule``).
+  The same holds, for other groups and other reasons, in the ``tired`` preset (tired users regret
+  long watching) and the ``weary`` preset (tired users skip long videos). In the ``classic`` preset
+  (the default world before its middle users' taste for long videos) the best weighting differs by
+  group only: even a rule that sees the true fatigue does not beat the group rule there (see
+  docs/simulator.md). Without state dependence, a static search such as CEM would already be optimal
+  and no RL method could beat it.
 
 Comparisons run on the same held-out users with the same protocol; "clearly better" means the
 paired bootstrap 95 % CI (resampling users) of the difference in average return day excludes 0.
@@ -108,18 +109,23 @@ def best_fixed_weighting(world: World) -> torch.Tensor:
     return candidates[int(np.argmin(screen))]
 
 
-def test_a_state_dependent_rule_beats_the_best_fixed_weighting(world):
-    best = best_fixed_weighting(world)
-    best_fixed = per_user(world, fixed(best), seed=22)  # fresh users: no selection bias
-    rule = per_user(world, group_rule(), seed=22)
+@pytest.fixture(scope="module")
+def classic_world() -> World:
+    return World(WorldConfig.preset("classic"))
+
+
+def test_in_the_classic_world_the_group_rule_beats_the_best_fixed_weighting(classic_world):
+    best = best_fixed_weighting(classic_world)
+    best_fixed = per_user(classic_world, fixed(best), seed=22)  # fresh users: no selection bias
+    rule = per_user(classic_world, group_rule(), seed=22)
     ok, lo, hi = clearly_better(rule, best_fixed)
     assert ok, (lo, hi, best.tolist())
     assert hi < -0.05  # by a margin, not only significantly
 
 
-def test_the_best_weighting_differs_across_groups(world):
-    watch = return_day_by_group(world, fixed(weighting_action(*GROUP_RULE["high"])), seed=31)
-    long_view = return_day_by_group(world, fixed(weighting_action(*GROUP_RULE["low"])), seed=31)
+def test_in_the_classic_world_the_best_weighting_differs_across_groups(classic_world):
+    watch = return_day_by_group(classic_world, fixed(weighting_action(*GROUP_RULE["high"])), seed=31)
+    long_view = return_day_by_group(classic_world, fixed(weighting_action(*GROUP_RULE["low"])), seed=31)
     assert watch[GROUPS.index("high")] < long_view[GROUPS.index("high")]  # watch time wins for heavy users
     assert long_view[GROUPS.index("low")] < watch[GROUPS.index("low")]  # long views win for casual users
     assert long_view[GROUPS.index("new")] < watch[GROUPS.index("new")]
@@ -175,45 +181,41 @@ def test_in_the_weary_world_the_fresh_best_weighting_differs_across_groups(weary
         assert everyone[GROUPS.index(group)] > heavy_only[GROUPS.index(group)] + 1.0, group
 
 
-@pytest.fixture(scope="module")
-def binge_world() -> World:
-    return World(WorldConfig.preset("binge"))
-
-
-# The ``binge`` world (rlur.agents.fixed.binge_rule): middle-activity users finish long videos while
-# fresh and drop them as they tire, so they are ranked by watch time for the first 5 requests of the
-# day's first session and by their group weighting (long views and likes) after that and through every
-# same-day reopen. The other groups are as in the default world. Middle users are a fifth of the
-# users, so the effect on everyone's return day is small; 4,096 users resolve it.
+# The default world's fatigue rule (rlur.agents.fixed.binge_rule, named after the preset the world
+# was first built as): middle-activity users finish long videos while fresh and drop them as they
+# tire, so they are ranked by watch time for the first 5 requests of the day's first session and by
+# their group weighting (long views and likes) after that and through every same-day reopen. The
+# other groups are as in the ``classic`` world. Middle users are a fifth of the users, so the effect
+# on everyone's return day is small; 4,096 users resolve it.
 BINGE_USERS = 4096
 
 
 @pytest.mark.parametrize("seed", [41, 42])
-def test_the_best_weighting_changes_with_fatigue_in_the_binge_world(binge_world, seed):
-    switching = per_user(binge_world, binge_rule(), seed=seed, users=BINGE_USERS)
+def test_the_best_weighting_changes_with_fatigue(world, seed):
+    switching = per_user(world, binge_rule(), seed=seed, users=BINGE_USERS)
     for always in (GROUP_RULE, BINGE_FRESH_RULE):  # either weighting kept all the time
-        kept = per_user(binge_world, group_rule(always), seed=seed, users=BINGE_USERS)
+        kept = per_user(world, group_rule(always), seed=seed, users=BINGE_USERS)
         ok, lo, hi = clearly_better(switching, kept)
         assert ok and hi < -0.01, (always["middle"], lo, hi)
 
 
-def test_in_the_binge_world_the_switch_pays_middle_users(binge_world):
-    switching = return_day_by_group(binge_world, binge_rule(), seed=43, users=BINGE_USERS)
-    kept = return_day_by_group(binge_world, group_rule(), seed=43, users=BINGE_USERS)
+def test_the_fatigue_switch_pays_middle_users(world):
+    switching = return_day_by_group(world, binge_rule(), seed=43, users=BINGE_USERS)
+    kept = return_day_by_group(world, group_rule(), seed=43, users=BINGE_USERS)
     middle = GROUPS.index("middle")
     assert switching[middle] < kept[middle] - 0.1  # about a sixth of a day for them
     for group in ("high", "low", "new"):  # the others are served alike (same weighting, same draws)
         assert switching[GROUPS.index(group)] == kept[GROUPS.index(group)], group
 
 
-def test_in_the_binge_world_the_rules_beat_the_best_fixed_weighting_and_groups_differ(binge_world):
-    best = best_fixed_weighting(binge_world)
-    best_fixed = per_user(binge_world, fixed(best), seed=22)
+def test_the_rules_beat_the_best_fixed_weighting_and_groups_differ(world):
+    best = best_fixed_weighting(world)
+    best_fixed = per_user(world, fixed(best), seed=22)
     for rule in (group_rule(), binge_rule()):
-        ok, lo, hi = clearly_better(per_user(binge_world, rule, seed=22), best_fixed)
+        ok, lo, hi = clearly_better(per_user(world, rule, seed=22), best_fixed)
         assert ok and hi < -0.05, (lo, hi, best.tolist())
-    watch = return_day_by_group(binge_world, fixed(weighting_action("watch_time")), seed=31)
-    long_view = return_day_by_group(binge_world, fixed(weighting_action("long_view")), seed=31)
+    watch = return_day_by_group(world, fixed(weighting_action("watch_time")), seed=31)
+    long_view = return_day_by_group(world, fixed(weighting_action("long_view")), seed=31)
     assert watch[GROUPS.index("high")] < long_view[GROUPS.index("high")]
     for group in ("low", "new"):
         assert long_view[GROUPS.index(group)] < watch[GROUPS.index(group)], group

@@ -1,7 +1,8 @@
 """World presets (``--world-preset``): the variants' mechanisms, and the flag end to end.
 
 The calibration of every preset is checked in ``tests/test_calibration.py``, the fatigue-dependent
-best weighting of the ``tired`` and ``weary`` presets in ``tests/test_room_to_learn.py``.
+best weighting of the default world and of the ``tired`` and ``weary`` presets in
+``tests/test_room_to_learn.py``.
 """
 
 import dataclasses
@@ -15,7 +16,7 @@ from rlur.agents.policy import TablePolicy
 from rlur.evaluation.benchmark import BenchmarkConfig, run_benchmark
 from rlur.evaluation.rollout import rollout
 from rlur.sim.env import RetentionEnv
-from rlur.sim.world import BEHAVIOURS, GROUPS, SCORE_NAMES, WORLD_PRESETS, World, WorldConfig
+from rlur.sim.world import BEHAVIOURS, CLASSIC_LONG_TASTE, GROUPS, SCORE_NAMES, WORLD_PRESETS, World, WorldConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,12 +40,23 @@ def test_every_preset_is_valid_and_round_trips_through_json(name: str):
     assert WorldConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
-def test_a_config_saved_before_the_presets_loads_as_the_default_world():
-    old = WorldConfig(world_seed=4).to_dict()
+def test_a_config_saved_before_the_presets_loads_as_the_world_it_was_saved_in():
+    old = WorldConfig.preset("classic", world_seed=4).to_dict()
     for key in ("fatigue_regret", "habit_from_time", "time_reference", "return_volatility", "user_volatility",
                 "watch_value", "score_scale", "long_taste", "long_taste_fatigue"):
         del old[key]
-    assert WorldConfig.from_dict(old) == WorldConfig(world_seed=4)
+    # Saved before the default world's middle users took to long videos: the classic world, not today's.
+    assert WorldConfig.from_dict(old) == WorldConfig.preset("classic", world_seed=4)
+    assert WorldConfig.from_dict(old) != WorldConfig(world_seed=4)
+
+
+def test_every_preset_but_the_default_keeps_the_classic_tastes():
+    assert WorldConfig.preset("binge") == WorldConfig()  # the default world's name while it was a variant
+    for name in set(WORLD_PRESETS) - {"default", "binge"}:
+        config = WorldConfig.preset(name)
+        assert (config.long_taste, config.long_taste_fatigue) == tuple(CLASSIC_LONG_TASTE.values()), name
+    middle = GROUPS.index("middle")
+    assert WorldConfig().long_taste[middle] == 2.0 and CLASSIC_LONG_TASTE["long_taste"][middle] == 0.0
 
 
 def test_unknown_preset_is_refused_with_the_choices():
@@ -112,10 +124,11 @@ def test_return_noise_is_user_dependent_only_where_asked():
         assert torch.equal(users[key], plain[key]), key
 
 
-def _respond_in_both(variant: dict, n: int, action: torch.Tensor):
-    """The same ``n`` users, tired from 0 to 3, served the same slates in a small world without and
-    with the mechanism ``variant``: ``(env without, shown, responses without, responses with)``."""
-    base = WorldConfig(n_videos=500, n_candidates=50)
+def _respond_in_both(variant: dict, n: int, action: torch.Tensor, base: dict | None = None):
+    """The same ``n`` users, tired from 0 to 3, served the same slates in a small world (the default
+    one, or with the overrides ``base``) without and with the mechanism ``variant``:
+    ``(env without, shown, responses without, responses with)``."""
+    base = dataclasses.replace(WorldConfig(n_videos=500, n_candidates=50), **(base or {}))
     envs = [RetentionEnv(World(c), n_users=n, seed=3) for c in (base, dataclasses.replace(base, **variant))]
     for env in envs:
         env.fatigue = torch.linspace(0.0, 3.0, n)
@@ -149,14 +162,15 @@ def test_tired_users_skip_long_videos_only_where_asked():
     assert w1.sum() < 0.8 * w0.sum()
 
 
-def test_middle_users_finish_long_videos_while_fresh_and_drop_them_tired_in_the_binge_preset():
-    taste = {key: WORLD_PRESETS["binge"][key] for key in ("long_taste", "long_taste_fatigue")}
-    env, shown, (r0, w0, _, _), (r1, w1, _, _) = _respond_in_both(taste, 256, one_hot("watch_time").mu[0])
+def test_middle_users_finish_long_videos_while_fresh_and_drop_them_tired_unlike_in_the_classic_world():
+    taste = {key: getattr(WorldConfig(), key) for key in CLASSIC_LONG_TASTE}
+    env, shown, (r0, w0, _, _), (r1, w1, _, _) = _respond_in_both(taste, 256, one_hot("watch_time").mu[0],
+                                                                 base=CLASSIC_LONG_TASTE)
     middle = env.group == GROUPS.index("middle")
     assert middle.sum() > 20
     assert torch.equal(r1[~middle], r0[~middle]) and torch.equal(w1[~middle], w0[~middle])  # only they change
     long_view, long_video = BEHAVIOURS.index("long_view"), env.world.video_duration_z[shown] > 0
-    # Their taste for long videos, 2 − 2 · fatigue, falls below the default world's −0.4 · fatigue at 1.25.
+    # Their taste for long videos, 2 − 2 · fatigue, falls below the classic world's −0.4 · fatigue at 1.25.
     fresh = (middle & (env.fatigue < 1.25))[:, None] & long_video
     tired = (middle & (env.fatigue > 1.25))[:, None] & long_video
     lv0, lv1 = r0[..., long_view], r1[..., long_view]
@@ -208,5 +222,8 @@ def test_an_ab_test_notes_a_policy_trained_in_another_variant():
 
     default = WorldConfig(world_seed=1)
     assert _other_variant(WorldConfig.preset("tired").to_dict(), default)
+    saved_in_classic = {k: v for k, v in WorldConfig.preset("classic").to_dict().items() if "long_taste" not in k}
+    assert _other_variant(saved_in_classic, default)  # trained before the default world changed
+    assert not _other_variant(WorldConfig.preset("binge", world_seed=1).to_dict(), default)
     assert not _other_variant(WorldConfig(world_seed=0).to_dict(), default)  # the seed is noted on its own
     assert not _other_variant({"kind": "learned"}, default)  # a learned world's config: not comparable

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rlur.cli import CliError, check_writable, positive_int
 from rlur.distributed.backend import add_backend_args, check_backend_args
+from rlur.sim.world import WORLD_PRESETS
 
 __all__ = ["build_config", "register", "run"]
 
@@ -27,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=positive_int, default=14, help="simulated calendar days (default 14)")
     p.add_argument("--seed", type=int, default=0, help="seed of the population and of all simulated randomness")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the built-in world")
+    p.add_argument("--world-preset", choices=WORLD_PRESETS, default="default",
+                   help="variant of the built-in world, e.g. the one the arms were trained in (default: default)")
     p.add_argument("--world", default=None, help="a learned world (from rlur data fit) instead of the built-in one")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--shares", default="0.5,0.5",
@@ -70,8 +73,8 @@ def build_config(args: argparse.Namespace):
                     raise ValueError(f"{flag}: {err}") from None
         return ExperimentConfig(
             control=args.control, treatment=args.treatment, users=args.users, days=args.days, seed=args.seed,
-            world_seed=args.world_seed, world_path=args.world, shares=shares, salt=args.salt, online=args.online,
-            aa=args.aa, alpha=args.alpha,
+            world_seed=args.world_seed, world_preset=args.world_preset, world_path=args.world, shares=shares,
+            salt=args.salt, online=args.online, aa=args.aa, alpha=args.alpha,
         )
     except ValueError as err:
         raise CliError(str(err)) from None

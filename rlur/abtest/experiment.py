@@ -67,6 +67,8 @@ class ExperimentConfig:
     seed: int = 0
     """Seed of the population, of the environment's randomness and of the arms' serving noise."""
     world_seed: int = 0
+    world_preset: str = "default"
+    """Variant of the built-in world (``WORLD_PRESETS``), e.g. the one the arms were trained in."""
     world_path: str | None = None
     """A learned world (``rlur data fit``) instead of the built-in world of ``world_seed``."""
     shares: tuple[float, ...] = (0.5, 0.5)
@@ -232,7 +234,8 @@ def build_arm(spec: str, index: int, cfg: ExperimentConfig, env: RetentionEnv, a
     if cfg.world_path is None and trained_world is not None and trained_world != cfg.world_seed:
         info["note"] = f"trained in world seed {trained_world}, tested in world seed {cfg.world_seed}"
     elif cfg.world_path is None and "world_config" in ckpt and _other_variant(ckpt["world_config"], env.config):
-        info["note"] = "trained in another variant of the built-in world (e.g. a --world-preset), tested in the default"
+        info["note"] = (f"trained in another variant of the built-in world (e.g. a --world-preset), tested in "
+                        f"the {cfg.world_preset!r} one")
     if isinstance(policy, GaussianPolicy) and policy.actor.obs_dim != env.obs_dim:
         raise ValueError(f"{spec}: the policy expects {policy.actor.obs_dim} observation features, the "
                          f"environment has {env.obs_dim}")
@@ -449,7 +452,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False) -> ExperimentR
 
     for spec in cfg.specs:
         resolve_spec(spec)  # fail on a bad spec before building anything
-    world = build_world(cfg.world_path, WorldConfig(world_seed=cfg.world_seed))
+    world = build_world(cfg.world_path, WorldConfig.preset(cfg.world_preset, cfg.world_seed))
     env = make_env(world, cfg.users, cfg.seed)
     arm = assign_arms(np.arange(cfg.users), cfg.salt, cfg.shares)
     arm_of_user = torch.from_numpy(arm)

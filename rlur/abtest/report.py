@@ -47,6 +47,14 @@ def build_report(result: ExperimentResult) -> dict:
     })
 
 
+def _world_label(cfg: dict) -> str:
+    """Which world the test ran in: a learned one, or the built-in one's seed (and preset, if not the default)."""
+    if cfg.get("world_path"):
+        return f"learned world {cfg['world_path']}"
+    preset = cfg.get("world_preset", "default")
+    return f"world seed {cfg['world_seed']}" + ("" if preset == "default" else f" (preset `{preset}`)")
+
+
 def _pct(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{100 * x:+.{digits}f} %"
 
@@ -64,7 +72,7 @@ def report_markdown(report: dict) -> str:
         f"# Simulated {report['kind']} test",
         "",
         f"{cfg['users']:,} users × {cfg['days']} days, population seed {cfg['seed']}, "
-        f"{'learned world ' + cfg['world_path'] if cfg['world_path'] else 'world seed ' + str(cfg['world_seed'])}, "
+        f"{_world_label(cfg)}, "
         f"salt `{cfg['salt']}`, {'online learning' if cfg['online'] else 'frozen policies'}, α = {alpha:g}.",
         "",
         "| arm | policy | serving | users | share |",

@@ -75,9 +75,10 @@ def candidate_weightings(k: int = len(SCORE_NAMES)) -> torch.Tensor:
     return torch.stack(corners)
 
 
-#: The hand-written state rule of the default world: the scores that satisfy each activity group
-#: (docs/simulator.md). Heavy consumers want long videos watched through, middle users finished and
-#: liked ones, casual and new users short videos they finish.
+#: The hand-written group rule: the scores that satisfy each activity group (docs/simulator.md), the
+#: best weighting per group in the ``classic`` world and, for tired users, in the default one. Heavy
+#: consumers want long videos watched through, middle users finished and liked ones, casual and new
+#: users short videos they finish.
 GROUP_RULE: dict[str, tuple[str, ...]] = {
     "high": ("watch_time",), "middle": ("long_view", "like"), "low": ("long_view",), "new": ("long_view",),
 }
@@ -129,13 +130,14 @@ def weary_rule() -> FatigueSwitchRule:
     return FatigueSwitchRule(GROUP_RULE, WEARY_TIRED_RULE, switch_after=3, reopen_tired=True)
 
 
-#: The ``binge`` world's rule while fresh: middle-activity users then finish long videos, so watch
-#: time suits them; tired, they drop long videos and their group weighting (long views and likes) wins.
+#: The default world's rule while fresh (named after ``binge``, the preset that world was first built
+#: as): middle-activity users then finish long videos, so watch time suits them; tired, they drop long
+#: videos and their group weighting (long views and likes) wins.
 BINGE_FRESH_RULE: dict[str, tuple[str, ...]] = {**GROUP_RULE, "middle": ("watch_time",)}
 
 
 def binge_rule() -> FatigueSwitchRule:
-    """The ``binge`` world's fatigue rule: middle-activity users ranked by watch time for the first 5
+    """The default (``binge``) world's fatigue rule: middle-activity users ranked by watch time for the first 5
     requests of the day's first session, by their group weighting (:data:`GROUP_RULE`) after that and
     through every same-day reopen; the other groups as in :data:`GROUP_RULE` (docs/simulator.md,
     ``tests/test_room_to_learn.py``)."""

@@ -179,7 +179,7 @@ def run_sharded_experiment(
 
     for s in cfg.specs:
         resolve_spec(s)
-    spec = world_spec(build_world(cfg.world_path, WorldConfig(world_seed=cfg.world_seed)))
+    spec = world_spec(build_world(cfg.world_path, WorldConfig.preset(cfg.world_preset, cfg.world_seed)))
     arm = assign_arms(np.arange(cfg.users), cfg.salt, cfg.shares)
     plan = plan_blocks(cfg, arm, block_users)
     start = time.perf_counter()

@@ -27,7 +27,7 @@ from rlur.training.checkpoint import atomic_write_json
 
 __all__ = [
     "ALL_ROWS", "EXTRA_ROWS", "ROWS", "BenchmarkConfig", "code_version", "extend_result", "load_extendable",
-    "machine_info", "paired_naive_discount", "paired_vs_rlur", "run_benchmark",
+    "machine_info", "paired_naive_discount", "paired_vs_rlur", "recorded_world", "run_benchmark", "world_record",
 ]
 
 #: Row name → (algorithm, RLURConfig overrides). The first five are the paper's rows.
@@ -218,15 +218,34 @@ def code_version(root: Path | None = None) -> str:
     return f"{__version__} ({commit}{'+dirty' if dirty else ''})"
 
 
-#: Settings that may differ between a benchmark and the run that extends it (``--extend``).
-_FREE_SETTINGS = ("rows", "workers")
+#: Settings that may differ between a benchmark and the run that extends it (``--extend``). The preset
+#: is a name: the world it names is compared instead (``world_record``).
+_FREE_SETTINGS = ("rows", "workers", "world_preset")
+
+
+def world_record(cfg: BenchmarkConfig) -> dict[str, Any] | None:
+    """The built-in world a benchmark runs in, as saved in its ``results.json`` (None: a learned world)."""
+    return None if cfg.world_path else WorldConfig.preset(cfg.world_preset, world_seed=cfg.world_seed).to_dict()
+
+
+def recorded_world(config: dict[str, Any]) -> WorldConfig | None:
+    """The built-in world an earlier ``results.json`` was measured in. Results written before the world
+    was recorded there were all measured while ``classic`` was the default world, so their preset
+    ``default`` means ``classic`` (every other preset is the world it was)."""
+    if "world" in config:
+        return None if config["world"] is None else WorldConfig.from_dict(config["world"])
+    if config.get("world_path"):
+        return None
+    preset = config.get("world_preset", "default")
+    return WorldConfig.preset("classic" if preset == "default" else preset, world_seed=config.get("world_seed", 0))
 
 
 def load_extendable(out: Path, cfg: BenchmarkConfig) -> dict[str, Any]:
     """The earlier result in ``out/results.json`` that ``cfg`` may add rows to.
 
-    Every setting but the rows and the worker count must match, so that the kept rows and the new
-    ones are trained with the same budget and evaluated on the same held-out users.
+    Every setting but the rows and the worker count must match, and so must the world (whatever the
+    preset is called), so that the kept rows and the new ones are trained with the same budget in the
+    same world and evaluated on the same held-out users.
     """
     path = out / "results.json"
     if not path.exists():
@@ -240,6 +259,13 @@ def load_extendable(out: Path, cfg: BenchmarkConfig) -> dict[str, Any]:
               if k not in _FREE_SETTINGS and theirs[k] != mine[k]]
     if differ:
         raise ValueError(f"cannot extend the benchmark in {out}: its settings differ ({'; '.join(differ)})")
+    mine_world = world_record(cfg)
+    if recorded_world(previous["config"]) != (None if mine_world is None else WorldConfig.from_dict(mine_world)):
+        name = previous["config"].get("world_preset", "default")
+        hint = ("it was measured while `classic` was the default world: extend it with --world-preset classic"
+                if "world" not in previous["config"] and name == "default" else f"its preset was {name!r}")
+        raise ValueError(f"cannot extend the benchmark in {out}: it was measured in another world than "
+                         f"--world-preset {cfg.world_preset!r} ({hint})")
     return previous
 
 
@@ -432,7 +458,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True, 
         reasons = "; ".join(f"{f.row} seed {f.seed}: {f.error}" for f in failed)
         raise CliError(f"{len(failed)} of {len(jobs)} benchmark runs failed ({reasons}); the finished runs are "
                        f"kept under {out / 'runs'}, so the same command again trains only the failed ones")
-    result = {"config": dataclasses.asdict(cfg), "workers": workers, "backend": backend,
+    result = {"config": {**dataclasses.asdict(cfg), "world": world_record(cfg)}, "workers": workers, "backend": backend,
               "seconds": time.perf_counter() - start, "machine": machine,
               "per_seed": {row: sorted((r["seed"], r["metrics"]) for r in runs) for row, runs in per_seed.items()},
               **summarise(per_seed, cfg)}
