@@ -50,17 +50,19 @@ def request(port: int, method: str, path: str, body: object = None) -> tuple[int
         conn.close()
 
 
-def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
+def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 60, seen: bool = False) -> dict | list[int]:
+    """Poll ``/readyz`` until it answers 200; return its body, or with ``seen`` every status it answered."""
+    deadline, statuses = time.monotonic() + timeout, []
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1]
         try:
             status, body = request(port, "GET", "/readyz")
+            statuses.append(status)
             if status == 200:
-                return body
+                return statuses if seen else body
         except OSError:
             pass
-        time.sleep(0.1)
+        time.sleep(0.02)
     raise TimeoutError("server not ready")
 
 
@@ -138,6 +140,7 @@ def test_several_workers_share_the_port_the_log_and_reloads(tmp_path: Path) -> N
     rng = np.random.default_rng(3)
     batch = json.dumps({"requests": [random_request(rng, 200, form="hex") for _ in range(32)]})
     ranked: Counter[str] = Counter()
+    failures: list[str] = []  # an assertion in a thread would not fail the test: collect, then assert
     lock = threading.Lock()
 
     def load(seconds: float) -> None:
@@ -147,13 +150,18 @@ def test_several_workers_share_the_port_the_log_and_reloads(tmp_path: Path) -> N
             conn.request("POST", "/v1/rank:batch", body=batch, headers={"Content-Type": "application/json"})
             r = conn.getresponse()
             payload = json.loads(r.read())
-            assert r.status == 200, payload
             with lock:
+                if r.status != 200:
+                    failures.append(f"{r.status}: {payload}")
+                    break
                 ranked.update(x["policy_version"] for x in payload["results"])
         conn.close()
 
     try:
-        wait_ready(proc, port)
+        # Each worker accepts only once its policy is loaded: no answer says "not ready" after start-up.
+        statuses = [wait_ready(proc, port, seen=True) for _ in range(20)]
+        assert all(status == [200] for status in statuses[1:]), statuses
+        assert 503 not in statuses[0], statuses[0]
         threads = [threading.Thread(target=load, args=(1.5,)) for _ in range(4)]
         for t in threads:
             t.start()
@@ -172,6 +180,7 @@ def test_several_workers_share_the_port_the_log_and_reloads(tmp_path: Path) -> N
             v1_total = ranked["v1"]
         load(0.5)
         assert ranked["v1"] == v1_total  # nothing served by the old policy any more, whichever worker answers
+        assert not failures, failures[:3]  # every request was ranked, from the first /readyz on
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)

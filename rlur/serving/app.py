@@ -390,7 +390,14 @@ def create_app(config: ServingConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.open_log()
-        tasks = [asyncio.create_task(state.initial_load())]
+        tasks = []
+        if config.workers > 1:
+            # Accept only once the policy is loaded: the workers share one socket, so a worker still
+            # loading leaves its connections to the others instead of answering 503 after /readyz
+            # (answered by another worker) said ready.
+            await state.initial_load()
+        else:  # one process: answer /healthz and /readyz (503) while the policy loads
+            tasks.append(asyncio.create_task(state.initial_load()))
         if config.watch:
             tasks.append(asyncio.create_task(state.watch()))
         try:
