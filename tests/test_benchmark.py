@@ -181,6 +181,29 @@ def test_benchmark_first_seed_adds_the_same_runs_as_a_longer_benchmark(tmp_path:
         run_benchmark(dataclasses.replace(cfg, first_seed=-1), tmp_path / "bad", progress=False)
 
 
+def test_benchmark_updates_per_step_reaches_every_gradient_row_and_must_match_to_extend(tmp_path: Path):
+    from rlur.evaluation.benchmark import load_extendable, run_benchmark
+
+    cfg = BenchmarkConfig.quick(steps=30, seeds=1, rows=("cem", "rlur-naive-g0"), workers=1, updates_per_step=3)
+    result = run_benchmark(cfg, tmp_path / "b", progress=False)
+    for row, updates in (("rlur-naive-g0", 3), ("cem", 3)):  # recorded for CEM too, which makes no updates
+        run = json.loads((tmp_path / "b" / "runs" / row / "seed0" / "config.json").read_text())
+        assert run["updates_per_step"] == updates
+    assert result["config"]["updates_per_step"] == 3
+    assert "(3 gradient updates per step)" in (tmp_path / "b" / "results.md").read_text()
+    # The extra updates change what a gradient row learns, and nothing else: CEM's run is the same.
+    once = run_benchmark(dataclasses.replace(cfg, updates_per_step=1), tmp_path / "once", progress=False)
+    assert once["per_seed"]["cem"] == result["per_seed"]["cem"]
+    assert once["per_seed"]["rlur-naive-g0"] != result["per_seed"]["rlur-naive-g0"]
+    assert "gradient updates" not in (tmp_path / "once" / "results.md").read_text()
+    with pytest.raises(ValueError, match="updates_per_step 3 there, 1 here"):
+        load_extendable(tmp_path / "b", dataclasses.replace(cfg, updates_per_step=1))
+    with pytest.raises(ValueError, match="updates_per_step must be at least 1"):
+        run_benchmark(dataclasses.replace(cfg, updates_per_step=0), tmp_path / "bad", progress=False)
+    proc = _cli("--updates-per-step", "0", "--out", str(tmp_path / "cli"))
+    assert proc.returncode == 2 and "--updates-per-step" in proc.stderr and proc.stderr.count("\n") == 1
+
+
 def test_benchmark_records_the_code_its_runs_started_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from rlur.evaluation import benchmark
 

@@ -74,6 +74,9 @@ class BenchmarkConfig:
     """Batched steps per run (the same for every row)."""
     n_users: int = 512
     """Simulated users per training step (the same for every row)."""
+    updates_per_step: int = 1
+    """Gradient updates per batched step of the off-policy rows (TD3, RLUR-naive, RLUR and its
+    ablations; CEM makes none). Compute, not data: every row still sees the same simulated requests."""
     eval_every: int = 150
     curve_eval_users: int = 512
     curve_eval_days: int = 5
@@ -106,6 +109,7 @@ def _train_one(row: str, seed: int, cfg: BenchmarkConfig, out: str) -> dict[str,
     torch.set_num_threads(1)
     algo, overrides = ALL_ROWS[row]
     tc = TrainConfig(algo=algo, steps=cfg.steps, seed=seed, world_seed=cfg.world_seed, n_users=cfg.n_users,
+                     updates_per_step=cfg.updates_per_step,
                      eval_every=cfg.eval_every, eval_users=cfg.curve_eval_users, eval_days=cfg.curve_eval_days,
                      checkpoint_every=max(cfg.steps // 4, 1), world_path=cfg.world_path,
                      world=WorldConfig.preset(cfg.world_preset, world_seed=cfg.world_seed))
@@ -312,6 +316,11 @@ def _preset_note(cfg: dict[str, Any]) -> str:
     return "" if preset == "default" else f" (preset `{preset}`)"
 
 
+def _updates_note(cfg: dict[str, Any]) -> str:
+    n = cfg.get("updates_per_step", 1)
+    return "" if n == 1 else f" ({n} gradient updates per step)"
+
+
 def _seeds_note(cfg: dict[str, Any]) -> str:
     first, n = cfg.get("first_seed", 0), cfg["seeds"]
     count = f"{n} training seed{'s' if n != 1 else ''}"
@@ -327,8 +336,9 @@ def results_markdown(result: dict[str, Any]) -> str:
         "",
         f"World seed {cfg['world_seed']}{_preset_note(cfg)}, {_seeds_note(cfg)} per row, "
         f"{cfg['steps']} batched steps × "
-        f"{cfg['n_users']} simulated users per run; final evaluation on {cfg['eval_users']} held-out users over "
-        f"{cfg['eval_days']} days. Mean ± 95 % t-interval over seeds; paired t-test of RLUR against each row.",
+        f"{cfg['n_users']} simulated users per run{_updates_note(cfg)}; final evaluation on {cfg['eval_users']} "
+        f"held-out users over {cfg['eval_days']} days. Mean ± 95 % t-interval over seeds; paired t-test of RLUR "
+        "against each row.",
         "",
         "| row | avg return day ↓ | per user ↓ | day-1 retention ↑ | watch s / request | session depth | "
         "RLUR − row (return day), p | RLUR − row (per user), p | converged | paper (return day / day-1) |",
@@ -427,6 +437,8 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, progress: bool = True, 
         raise ValueError(f"unknown world preset {cfg.world_preset!r}; choose from {', '.join(WORLD_PRESETS)}")
     if cfg.first_seed < 0:
         raise ValueError(f"first_seed must be non-negative, got {cfg.first_seed}")
+    if cfg.updates_per_step < 1:
+        raise ValueError(f"updates_per_step must be at least 1, got {cfg.updates_per_step}")
     previous = load_extendable(out, cfg) if extend else None
     jobs = [(row, seed) for row in cfg.rows for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds)]
     if backend == "ray":

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/benchmark", help="output directory (default: runs/benchmark)")
     p.add_argument("--quick", action="store_true", help="a cut-down run (minutes) for trying it out; CI runs it")
     p.add_argument("--steps", type=positive_int, default=None, help="batched steps per run (same for every row)")
+    p.add_argument("--updates-per-step", type=positive_int, default=None,
+                   help="gradient updates per batched step of every off-policy row (default 1): more compute on "
+                        "the same simulated requests")
     p.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: CPU cores)")
     p.add_argument("--extend", action="store_true",
                    help="add the rows named in --algos to the benchmark already in --out (re-measuring any it "
@@ -63,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["first_seed"] = args.first_seed
     if args.steps is not None:
         overrides["steps"] = args.steps
+    if args.updates_per_step is not None:
+        overrides["updates_per_step"] = args.updates_per_step
     if args.workers is not None:
         overrides["workers"] = args.workers
     if args.algos:

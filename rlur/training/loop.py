@@ -79,8 +79,8 @@ class TrainConfig:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {', '.join(ALGOS)}")
         if self.steps is None:
             self.steps = DEFAULT_STEPS[self.algo]
-        if self.steps <= 0 or self.n_users <= 0 or self.batch_size <= 0:
-            raise ValueError("steps, n_users and batch_size must be positive")
+        if self.steps <= 0 or self.n_users <= 0 or self.batch_size <= 0 or self.updates_per_step <= 0:
+            raise ValueError("steps, n_users, batch_size and updates_per_step must be positive")
         self.world.world_seed = self.world_seed
 
     def to_dict(self) -> dict:
