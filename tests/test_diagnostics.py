@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rlur.agents.fixed import GROUP_RULE, group_rule_actions, weighting_action
+from rlur.evaluation import stats
 from rlur.sim.env import RetentionEnv
 from rlur.sim.world import GROUPS, SCORE_NAMES, World, WorldConfig
 from rlur.training.loop import TrainConfig, Trainer
@@ -31,6 +32,7 @@ metric_weighting = _load("metric_weighting")
 normalised_return = _load("normalised_return")
 habit_tradeoff = _load("habit_tradeoff")
 pooled = _load("pooled_comparison")
+seed_power = _load("seed_power")
 rule_ceiling = _load("rule_ceiling")
 session_length = _load("session_length")
 
@@ -275,6 +277,69 @@ def test_pooled_comparison_errors_are_one_line(tmp_path, capsys):
     disjoint = {"per_seed": {"rlur": [{"seed": 0, "avg_return_day": 1.0}], "cem": [{"seed": 1, "avg_return_day": 2.0}]}}
     with pytest.raises(ValueError, match="share no seed"):
         pooled.pooled_comparison({"w": disjoint}, "rlur", "cem", "avg_return_day")
+
+
+def test_seed_power_by_hand():
+    # World 1: A − B = 1, 2, 3 (sd 1); world 2: A − B = 11, 13 (sd √2). Within them, pooled:
+    # sd² = (2 · 1 + 1 · 2) / 3. Their overall spread (about 5.4) is what a world adds, left out.
+    one = _results({"a": [11.0, 12.0, 13.0], "b": [10.0, 10.0, 10.0]})
+    two = _results({"a": [11.0, 13.0], "b": [0.0, 0.0]})
+    out = seed_power.seed_power({"w1": one, "w2": two}, "a", "b", "avg_return_day", [1.0, 2.0], seeds=5, power=0.8)
+    w1 = out["per_benchmark"]["w1"]
+    assert w1["n"] == 3 and w1["mean_diff"] == pytest.approx(2.0) and w1["sd"]["sd"] == pytest.approx(1.0)
+    assert out["pooled"]["sd"]["sd"] == pytest.approx(math.sqrt(4 / 3)) and out["pooled"]["n"] == 5
+    assert out["pooled"]["mean_diff"] == pytest.approx(6.0)  # (1 + 2 + 3 + 11 + 13) / 5
+    # Effect 1 at sd 1 (d_z = 1): five seeds find it with power 0.40; 10 seeds give 80 %.
+    low_sd, sd, high_sd = w1["sd"]["ci_low"], 1.0, w1["sd"]["ci_high"]
+    assert w1["effects"]["1"]["power"] == pytest.approx([stats.paired_power(1.0, s, 5) for s in (low_sd, sd, high_sd)])
+    assert w1["effects"]["1"]["power"][1] == pytest.approx(0.401, abs=2e-3)
+    assert w1["effects"]["1"]["seeds_needed"][1] == 10
+    # A narrower spread gives more power and needs fewer seeds; a wider one the opposite.
+    p_low, p_mid, p_high = w1["effects"]["2"]["power"]
+    assert p_low > p_mid > p_high
+    n_low, n_mid, n_high = w1["effects"]["2"]["seeds_needed"]
+    assert n_low <= n_mid <= n_high
+
+
+def test_seed_power_writes_json_and_markdown(tmp_path, capsys):
+    for name, shift in (("w1", 0.0), ("w2", 0.5)):
+        (tmp_path / name).mkdir()
+        rows = {"rlur-naive-g0.9": [1.9 + shift, 2.0 + shift, 1.95 + shift], "rlur-naive-g0": [2.0, 2.05, 1.98]}
+        (tmp_path / name / "results.json").write_text(json.dumps(_results(rows)))
+    code = seed_power.main([str(tmp_path / "w1"), str(tmp_path / "w2"), "--rows", "rlur-naive-g0.9,rlur-naive-g0",
+                            "--effect", "0.04", "--effect", "0.1", "--out", str(tmp_path / "p.json"),
+                            "--markdown", str(tmp_path / "p.md")])
+    assert code == 0
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["seeds"] == 5 and set(report["pooled"]["effects"]) == {"0.04", "0.1"}
+    # The second world's shift of 0.5 moves its mean difference, not the spread within it.
+    assert report["pooled"]["sd"]["sd"] == pytest.approx(report["per_benchmark"][str(tmp_path / "w1")]["sd"]["sd"])
+    table = (tmp_path / "p.md").read_text().splitlines()
+    header = next(line for line in table if line.startswith("| pairs"))
+    rows = [line for line in table if line.startswith("| ") and not line.startswith("| pairs")]
+    assert len(rows) == 3 and rows[-1].startswith("| **pooled** | 6 |")
+    assert all(line.count("|") == header.count("|") for line in rows)  # no stray pipe breaks the table
+    assert "pooled" in capsys.readouterr().out
+
+
+def test_seed_power_leaves_out_the_pooled_line_for_one_benchmark_and_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "results.json").write_text(json.dumps(_results({"a": [1.0, 2.0, 2.5], "b": [1.1, 2.3, 2.4]})))
+    assert seed_power.main([str(tmp_path / "w"), "--rows", "a,b", "--effect", "0.1"]) == 0
+    assert "pooled" not in capsys.readouterr().out
+    for argv, message in (
+        (["--rows", "a,c", "--effect", "0.1"], "row 'c' is not in these results"),
+        (["--rows", "a", "--effect", "0.1"], "two rows"),
+        (["--rows", "a,b", "--effect", "0"], "--effect 0"),
+        (["--rows", "a,b", "--effect", "0.1", "--seeds", "1"], "--seeds must be at least 2"),
+        (["--rows", "a,b", "--effect", "0.1", "--power", "1.5"], "--power must lie"),
+    ):
+        assert seed_power.main([str(tmp_path / "w"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    one_seed = {"per_seed": {"a": [{"seed": 0, "avg_return_day": 1.0}], "b": [{"seed": 0, "avg_return_day": 2.0}]}}
+    with pytest.raises(ValueError, match="share 1 seed"):
+        seed_power.seed_power({"w": one_seed}, "a", "b", "avg_return_day", [0.1], 5, 0.8)
 
 
 def test_the_length_probe_with_no_change_is_the_world(one_thread):

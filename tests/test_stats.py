@@ -1,5 +1,6 @@
 """The statistics helpers on inputs whose answers are known."""
 
+import itertools
 import math
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 from scipy import stats as st
 
 from rlur.evaluation.metrics import MetricsRecorder, bootstrap_ratio_ci, bootstrap_ratio_difference_ci
-from rlur.evaluation.stats import mean_ci, paired_test
+from rlur.evaluation.stats import mean_ci, paired_power, paired_test, pooled_sd_ci, sd_ci, seeds_for_power
 
 
 def test_mean_ci_by_hand():
@@ -45,6 +46,64 @@ def test_paired_test_false_positive_rate_is_nominal():
     rng = np.random.default_rng(0)
     hits = sum(paired_test(rng.normal(size=5), rng.normal(size=5))["p_value"] < 0.05 for _ in range(2000))
     assert abs(hits / 2000 - 0.05) < 3 * math.sqrt(0.05 * 0.95 / 2000)
+
+
+def test_seeds_for_power_matches_the_textbook_paired_design():
+    # G*Power, matched pairs, d_z = 0.5, two-sided α = 0.05, power 0.8: 34 pairs (power 0.808).
+    assert seeds_for_power(0.5, 1.0) == 34
+    assert paired_power(0.5, 1.0, 34) == pytest.approx(0.8078, abs=1e-3)
+    assert paired_power(0.5, 1.0, 33) < 0.8
+    # Only the ratio effect / sd matters, and the sign of the effect does not.
+    assert paired_power(-0.04, 0.08, 12) == pytest.approx(paired_power(0.5, 1.0, 12))
+
+
+def test_paired_power_is_the_rate_at_which_paired_test_finds_the_effect():
+    rng = np.random.default_rng(3)
+    effect, sd, n, trials = -0.04, 0.05, 5, 4000
+    found = 0
+    for _ in range(trials):
+        d = rng.normal(effect, sd, size=n)
+        r = paired_test(d, np.zeros(n))
+        found += r["p_value"] < 0.05 and r["diff"] < 0
+    expected = paired_power(effect, sd, n)
+    assert 0.2 < expected < 0.5  # a case where the test misses often
+    assert abs(found / trials - expected) < 4 * math.sqrt(expected * (1 - expected) / trials)
+
+
+def test_paired_power_grows_with_seeds_and_starts_at_half_alpha():
+    powers = [paired_power(0.04, 0.07, n) for n in range(2, 40)]
+    assert all(b > a for a, b in itertools.pairwise(powers))
+    # A vanishing effect is found (in one direction) at half the test's size.
+    assert paired_power(1e-12, 1.0, 8) == pytest.approx(0.025, abs=1e-6)
+
+
+def test_power_helpers_reject_what_no_test_can_do():
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        paired_power(0.1, 1.0, 1)
+    with pytest.raises(ValueError, match="positive"):
+        paired_power(0.1, 0.0, 5)
+    with pytest.raises(ValueError, match="difference of 0"):
+        seeds_for_power(0.0, 1.0)
+    with pytest.raises(ValueError, match="power must lie"):
+        seeds_for_power(0.1, 1.0, power=1.0)
+    with pytest.raises(ValueError, match="more than 100 seeds"):
+        seeds_for_power(0.01, 1.0, max_n=100)
+
+
+def test_sd_ci_by_hand_and_pooled_within_groups():
+    # 1, 2, 3: sd 1 with 2 dof; interval sd · √(2 / χ²_{2, 0.975}) .. sd · √(2 / χ²_{2, 0.025}).
+    r = sd_ci([1.0, 2.0, 3.0])
+    assert r["sd"] == pytest.approx(1.0) and r["df"] == 2 and r["n"] == 3
+    assert r["ci_low"] == pytest.approx(math.sqrt(2 / st.chi2.ppf(0.975, 2)))
+    assert r["ci_high"] == pytest.approx(math.sqrt(2 / st.chi2.ppf(0.025, 2)))
+    # Two groups far apart, each with sd 1: pooled within them the spread is 1, not their overall spread.
+    pooled = pooled_sd_ci([[1.0, 2.0, 3.0], [101.0, 102.0, 103.0]])
+    assert pooled["sd"] == pytest.approx(1.0) and pooled["df"] == 4 and pooled["n"] == 6
+    # Unequal sizes weigh each group by its degrees of freedom: (2 · 1 + 1 · 8) / 3.
+    assert pooled_sd_ci([[1.0, 2.0, 3.0], [0.0, 4.0]])["sd"] == pytest.approx(math.sqrt(10 / 3))
+    for groups in ([[1.0, 2.0], [3.0]], []):
+        with pytest.raises(ValueError, match="at least 2 values"):
+            pooled_sd_ci(groups)
 
 
 def test_bootstrap_ratio_ci_covers_the_truth():

@@ -2,7 +2,8 @@
 
 An RL claim in rlur is made over several training seeds: a row of the benchmark is the mean over
 seeds with a 95 % t-interval, and "A beats B" is a paired t-test over seeds (seed i of A against
-seed i of B: same evaluation users, same simulated world).
+seed i of B: same evaluation users, same simulated world). ``paired_power`` and
+``seeds_for_power`` say how many seeds such a test needs to find a difference of a given size.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["mean_ci", "paired_test"]
+__all__ = ["mean_ci", "paired_power", "paired_test", "pooled_sd_ci", "sd_ci", "seeds_for_power"]
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
@@ -52,3 +53,61 @@ def paired_test(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> 
         t = float(d.mean() / (sd / math.sqrt(n)))
         p = float(2 * _st.t.sf(abs(t), n - 1))
     return {"diff": ci["mean"], "ci_low": ci["ci_low"], "ci_high": ci["ci_high"], "t": t, "p_value": p, "n": n}
+
+
+def paired_power(effect: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Chance that a two-sided paired t-test over ``n`` seeds finds ``effect`` (p < ``alpha``, right sign).
+
+    The seeds' differences are taken as normal with mean ``effect`` and standard deviation ``sd``.
+    The t statistic then follows a noncentral t with ``n − 1`` degrees of freedom and noncentrality
+    ``effect · √n / sd``. A significant result of the wrong sign is not counted: it would not show
+    the effect.
+    """
+    if n < 2:
+        raise ValueError(f"a paired t-test needs at least 2 seeds, got {n}")
+    if not sd > 0:
+        raise ValueError(f"the spread of the differences must be positive, got {sd}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    critical = float(_st.t.ppf(1 - alpha / 2, n - 1))
+    return float(_st.nct.sf(critical, n - 1, abs(effect) * math.sqrt(n) / sd))
+
+
+def seeds_for_power(effect: float, sd: float, power: float = 0.8, alpha: float = 0.05, max_n: int = 100_000) -> int:
+    """Fewest seeds at which ``paired_power(effect, sd, n, alpha)`` reaches ``power``."""
+    if not 0 < power < 1:
+        raise ValueError(f"power must lie in (0, 1), got {power}")
+    if effect == 0:
+        raise ValueError("no number of seeds finds a difference of 0")
+    if paired_power(effect, sd, max_n, alpha) < power:
+        raise ValueError(f"more than {max_n} seeds are needed")
+    lo, hi = 2, max_n  # power grows with n: bisect for the first n that reaches it
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if paired_power(effect, sd, mid, alpha) >= power:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def sd_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
+    """``{sd, ci_low, ci_high, n, df}``: the sample standard deviation and its chi-square interval."""
+    return pooled_sd_ci([values], level)
+
+
+def pooled_sd_ci(groups: Sequence[Sequence[float]], level: float = 0.95) -> dict[str, float]:
+    """The spread within groups, pooled: ``{sd, ci_low, ci_high, n, df}``.
+
+    ``sd² = Σ_g Σ_i (x_gi − mean_g)² / df`` with ``df = Σ_g (n_g − 1)``: each group is centred on
+    its own mean, so a difference between groups (say, between worlds) does not add to the spread.
+    The interval is the chi-square one with ``df`` degrees of freedom (normal values assumed).
+    """
+    arrays = [np.asarray(g, dtype=np.float64) for g in groups]
+    if not arrays or any(len(x) < 2 for x in arrays):
+        raise ValueError("a standard deviation needs at least 2 values in every group")
+    df = sum(len(x) - 1 for x in arrays)
+    sd = math.sqrt(sum(float(((x - x.mean()) ** 2).sum()) for x in arrays) / df)
+    low = sd * math.sqrt(df / float(_st.chi2.ppf(0.5 + level / 2, df)))
+    high = sd * math.sqrt(df / float(_st.chi2.ppf(0.5 - level / 2, df)))
+    return {"sd": sd, "ci_low": low, "ci_high": high, "n": sum(len(x) for x in arrays), "df": df}
