@@ -182,3 +182,17 @@ def test_explore_candidates_replaces_the_given_share_by_candidates():
     assert replaced == pytest.approx(0.2, abs=0.03)  # binomial sd 0.006
     again = explore_candidates(action, candidates, 0.2, torch.Generator().manual_seed(1))
     assert torch.equal(mixed, again)
+
+
+def test_exploration_schedule_anneals_over_80_percent_of_the_budget_or_the_steps_given():
+    from rlur.training.loop import TrainConfig
+
+    cfg = TrainConfig(algo="rlur-naive", steps=1000)  # σ from 0.3 to 0.05 over the first 800 steps
+    assert cfg.explore_std(0) == pytest.approx(0.3)
+    assert cfg.explore_std(400) == pytest.approx(0.175)
+    assert cfg.explore_std(800) == pytest.approx(0.05) and cfg.explore_std(1000) == pytest.approx(0.05)
+    short = TrainConfig(algo="rlur-naive", steps=19200, explore_anneal_steps=960)  # the 1,200-step schedule
+    assert short.explore_std(480) == pytest.approx(0.175) and short.explore_std(5000) == pytest.approx(0.05)
+    assert TrainConfig.from_dict(short.to_dict()).explore_anneal_steps == 960
+    with pytest.raises(ValueError, match="explore_anneal_steps must be positive"):
+        TrainConfig(algo="rlur-naive", explore_anneal_steps=0)

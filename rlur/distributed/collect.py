@@ -92,8 +92,7 @@ def serving_snapshot(learner: Any) -> Any:
 
     if isinstance(learner, OffPolicyLearner):
         cfg = learner.cfg  # the schedule of OffPolicyLearner.serve
-        frac = min(1.0, learner.step / max(1.0, 0.8 * cfg.steps))
-        learner.agent.set_exploration(cfg.explore_std_start + frac * (cfg.explore_std_end - cfg.explore_std_start))
+        learner.agent.set_exploration(cfg.explore_std(learner.step))
         return _ActorServer(copy.deepcopy(learner.agent.actor).eval(), getattr(learner.agent, "candidates", None),
                             learner.candidate_share)
     if isinstance(learner, CEMLearner):

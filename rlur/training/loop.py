@@ -60,7 +60,9 @@ class TrainConfig:
     buffer_capacity: int = 200_000
     explore_std_start: float = 0.3
     explore_std_end: float = 0.05
-    """σ of the Gaussian policy, annealed linearly over the first 80 % of the budget."""
+    """σ of the Gaussian policy, annealed linearly over ``explore_anneal_steps``."""
+    explore_anneal_steps: int | None = None
+    """Steps over which σ anneals (default: the first 80 % of the budget), then held at the end value."""
     eval_every: int = 200
     eval_users: int = 1024
     eval_days: int = 7
@@ -81,7 +83,15 @@ class TrainConfig:
             self.steps = DEFAULT_STEPS[self.algo]
         if self.steps <= 0 or self.n_users <= 0 or self.batch_size <= 0 or self.updates_per_step <= 0:
             raise ValueError("steps, n_users, batch_size and updates_per_step must be positive")
+        if self.explore_anneal_steps is not None and self.explore_anneal_steps <= 0:
+            raise ValueError(f"explore_anneal_steps must be positive, got {self.explore_anneal_steps}")
         self.world.world_seed = self.world_seed
+
+    def explore_std(self, step: int) -> float:
+        """σ of the exploration noise at a training step: linear from start to end, then held."""
+        anneal = self.explore_anneal_steps if self.explore_anneal_steps is not None else 0.8 * self.steps
+        frac = min(1.0, step / max(1.0, anneal))
+        return self.explore_std_start + frac * (self.explore_std_end - self.explore_std_start)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -113,8 +123,7 @@ class OffPolicyLearner:
 
     def serve(self, obs: torch.Tensor, group: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        frac = min(1.0, self.step / max(1.0, 0.8 * cfg.steps))
-        self.agent.set_exploration(cfg.explore_std_start + frac * (cfg.explore_std_end - cfg.explore_std_start))
+        self.agent.set_exploration(cfg.explore_std(self.step))
         with torch.no_grad():
             mu, std = self.agent.actor(obs, group)
             action = mu + std * torch.randn(mu.shape, generator=self.rng)
