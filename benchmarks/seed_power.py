@@ -49,9 +49,17 @@ def power_of(groups: list[list[float]], effects: list[float], seeds: int, power:
     for effect in effects:
         out["effects"][f"{effect:g}"] = {
             "power": [paired_power(effect, sd, seeds) for sd in sds],
-            "seeds_needed": [seeds_for_power(effect, sd, power) for sd in sds],
+            "seeds_needed": [_seeds_needed(effect, sd, power) for sd in sds],
         }
     return out
+
+
+def _seeds_needed(effect: float, sd: float, power: float) -> int | None:
+    """``seeds_for_power``, or None past its search limit (a spread's upper bound can be that wide)."""
+    try:
+        return seeds_for_power(effect, sd, power)
+    except ValueError:
+        return None
 
 
 def seed_power(benchmarks: dict[str, dict], row_a: str, row_b: str, metric: str,
@@ -76,9 +84,9 @@ def _lines(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [*lines, ("pooled", report["pooled"])] if len(lines) > 1 else lines
 
 
-def _range(values: list[float], fmt: str) -> str:
-    low, mid, high = values
-    return f"{format(mid, fmt)} ({format(high, fmt)}–{format(low, fmt)})"
+def _range(values: list, fmt: str) -> str:
+    low, mid, high = (">100000" if v is None else format(v, fmt) for v in values)
+    return f"{mid} ({high}–{low})"
 
 
 def markdown_table(report: dict[str, Any]) -> str:

@@ -337,6 +337,12 @@ def test_seed_power_leaves_out_the_pooled_line_for_one_benchmark_and_errors_are_
         assert seed_power.main([str(tmp_path / "w"), *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+    # Two pairs give a spread whose upper bound is ~32 times the estimate: past the search, not an error.
+    wide = seed_power.seed_power({"w": _results({"a": [0.0, 1.0], "b": [0.0, 0.0]})}, "a", "b", "avg_return_day",
+                                 [0.02], 5, 0.8)
+    needed = wide["per_benchmark"]["w"]["effects"]["0.02"]["seeds_needed"]
+    assert needed[0] > 1000 and needed[2] is None
+    assert "(>100000–" in seed_power.markdown_table(wide)
     one_seed = {"per_seed": {"a": [{"seed": 0, "avg_return_day": 1.0}], "b": [{"seed": 0, "avg_return_day": 2.0}]}}
     with pytest.raises(ValueError, match="share 1 seed"):
         seed_power.seed_power({"w": one_seed}, "a", "b", "avg_return_day", [0.1], 5, 0.8)
