@@ -9,7 +9,7 @@ import torch
 from scipy import stats as st
 
 from rlur.evaluation.metrics import MetricsRecorder, bootstrap_ratio_ci, bootstrap_ratio_difference_ci
-from rlur.evaluation.stats import mean_ci, paired_power, paired_test, pooled_sd_ci, sd_ci, seeds_for_power
+from rlur.evaluation.stats import mean_ci, paired_power, paired_test, pooled_sd_ci, seeds_for_power
 
 
 def test_mean_ci_by_hand():
@@ -90,9 +90,9 @@ def test_power_helpers_reject_what_no_test_can_do():
         seeds_for_power(0.01, 1.0, max_n=100)
 
 
-def test_sd_ci_by_hand_and_pooled_within_groups():
+def test_pooled_sd_ci_by_hand_for_one_group_and_within_groups():
     # 1, 2, 3: sd 1 with 2 dof; interval sd · √(2 / χ²_{2, 0.975}) .. sd · √(2 / χ²_{2, 0.025}).
-    r = sd_ci([1.0, 2.0, 3.0])
+    r = pooled_sd_ci([[1.0, 2.0, 3.0]])
     assert r["sd"] == pytest.approx(1.0) and r["df"] == 2 and r["n"] == 3
     assert r["ci_low"] == pytest.approx(math.sqrt(2 / st.chi2.ppf(0.975, 2)))
     assert r["ci_high"] == pytest.approx(math.sqrt(2 / st.chi2.ppf(0.025, 2)))

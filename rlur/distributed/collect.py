@@ -91,8 +91,7 @@ def serving_snapshot(learner: Any) -> Any:
     from rlur.training.loop import CEMLearner, OffPolicyLearner
 
     if isinstance(learner, OffPolicyLearner):
-        cfg = learner.cfg  # the schedule of OffPolicyLearner.serve
-        learner.agent.set_exploration(cfg.explore_std(learner.step))
+        learner.agent.set_exploration(learner.cfg.explore_std(learner.step))  # as OffPolicyLearner.serve
         return _ActorServer(copy.deepcopy(learner.agent.actor).eval(), getattr(learner.agent, "candidates", None),
                             learner.candidate_share)
     if isinstance(learner, CEMLearner):

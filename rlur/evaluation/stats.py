@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["mean_ci", "paired_power", "paired_test", "pooled_sd_ci", "sd_ci", "seeds_for_power"]
+__all__ = ["mean_ci", "paired_power", "paired_test", "pooled_sd_ci", "seeds_for_power"]
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
@@ -91,13 +91,8 @@ def seeds_for_power(effect: float, sd: float, power: float = 0.8, alpha: float =
     return lo
 
 
-def sd_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
-    """``{sd, ci_low, ci_high, n, df}``: the sample standard deviation and its chi-square interval."""
-    return pooled_sd_ci([values], level)
-
-
 def pooled_sd_ci(groups: Sequence[Sequence[float]], level: float = 0.95) -> dict[str, float]:
-    """The spread within groups, pooled: ``{sd, ci_low, ci_high, n, df}``.
+    """The spread within groups, pooled: ``{sd, ci_low, ci_high, n, df}`` (one group: the sample sd).
 
     ``sd² = Σ_g Σ_i (x_gi − mean_g)² / df`` with ``df = Σ_g (n_g − 1)``: each group is centred on
     its own mean, so a difference between groups (say, between worlds) does not add to the spread.

@@ -122,8 +122,7 @@ class OffPolicyLearner:
         self.candidate_share = agent.config.candidate_explore if isinstance(agent, RLURAgent) else 0.0
 
     def serve(self, obs: torch.Tensor, group: torch.Tensor) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        self.agent.set_exploration(cfg.explore_std(self.step))
+        self.agent.set_exploration(self.cfg.explore_std(self.step))
         with torch.no_grad():
             mu, std = self.agent.actor(obs, group)
             action = mu + std * torch.randn(mu.shape, generator=self.rng)
