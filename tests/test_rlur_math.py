@@ -7,6 +7,7 @@ import torch
 
 from rlur.agents.networks import gaussian_log_prob
 from rlur.agents.rlur import (
+    RLURConfig,
     candidate_pull,
     explore_candidates,
     immediate_reward,
@@ -120,8 +121,29 @@ def test_gaussian_log_prob_matches_torch_distributions():
 
 def test_immediate_reward_by_hand():
     # watch 300 s, click 3, long_view 3, like 1, follow 1, comment 0, forward 0, profile 0, hate 1
-    fb = torch.tensor([[300.0, 3, 3, 1, 1, 0, 0, 0, 1]])
-    assert immediate_reward(fb, watch_scale=300.0).item() == pytest.approx(1.0 + 0.5 + 2.0 - 2.0)
+    fb = torch.tensor([[300.0, 3, 3, 1, 1, 0, 0, 0, 1], [162.34, 6, 4, 2, 0, 1, 1, 5, 0]])
+    # The paper's: watch / 81.17 s (KuaiRand-Pure's median duration) + like + follow + comment + forward.
+    assert immediate_reward(fb).tolist() == pytest.approx([300.0 / 81.17 + 2.0, 2.0 + 4.0])
+    assert immediate_reward(fb, "paper").tolist() == immediate_reward(fb).tolist()
+    # The first release's: watch / 300 s + long_view / 6 + the four interactions − 2·hate.
+    assert immediate_reward(fb, "hand-weighted").tolist() == pytest.approx(
+        [1.0 + 0.5 + 2.0 - 2.0, 162.34 / 300 + 4 / 6 + 4.0])
+
+
+def test_immediate_reward_rejects_an_unknown_heuristic():
+    with pytest.raises(ValueError, match="unknown heuristic 'watch'"):
+        immediate_reward(torch.zeros(1, 9), "watch")
+    with pytest.raises(ValueError, match="heuristic must be one of paper, hand-weighted"):
+        RLURConfig(heuristic="watch")
+
+
+def test_saved_configs_from_before_the_heuristic_load_as_hand_weighted():
+    legacy = {**RLURConfig().to_dict(), "watch_scale": 300.0}
+    del legacy["heuristic"]
+    assert RLURConfig.from_dict(legacy) == RLURConfig(heuristic="hand-weighted")
+    assert RLURConfig.from_dict(RLURConfig().to_dict()) == RLURConfig()  # the paper's, by default
+    with pytest.raises(ValueError, match="watch_scale 100"):
+        RLURConfig.from_dict({**legacy, "watch_scale": 100.0})
 
 
 def test_action_to_weights_maps_the_box():

@@ -52,6 +52,13 @@ def test_ablation_flags_reach_the_config(tmp_path: Path):
     cfg = json.loads((out / "config.json").read_text())["rlur"]
     assert cfg["rnd"] is False and cfg["groups"] is False and cfg["gamma"] == 0.5
     assert cfg["normalise"] is True and cfg["soft_reg"] is True
+    assert cfg["heuristic"] == "paper"  # the paper's immediate reward unless asked otherwise
+
+
+def test_heuristic_flag_reaches_the_config(tmp_path: Path):
+    out = tmp_path / "hand"
+    rlur("train", "--algo", "rlur", "--steps", "3", "--out", str(out), "--heuristic", "hand-weighted", *TINY)
+    assert json.loads((out / "config.json").read_text())["rlur"]["heuristic"] == "hand-weighted"
 
 
 def test_candidate_flags_reach_the_config_and_the_run_explores_corners(tmp_path: Path):
@@ -127,10 +134,14 @@ def test_existing_run_is_not_overwritten(tmp_path: Path):
     (["train", "--candidate-pull", "-1", "--out", "{tmp}/cp"], "non-negative number"),
     (["train", "--algo", "td3", "--candidate-pull", "1", "--out", "{tmp}/ct"], "an option of --algo rlur"),
     (["train", "--algo", "cem", "--group-critics", "--out", "{tmp}/gc"], "an option of --algo rlur"),
+    (["train", "--algo", "td3", "--heuristic", "paper", "--out", "{tmp}/h"], "an option of --algo rlur"),
+    (["train", "--heuristic", "watch", "--out", "{tmp}/hw"], "invalid choice"),
+    (["train", "--config", "{tmp}/legacy.json", "--out", "{tmp}/l"], "watch_scale 100"),
     (["train", "--config", "{tmp}/missing.json", "--out", "{tmp}/c"], "does not exist"),
     (["eval", "--checkpoint", "{tmp}/nowhere", "--out", "{tmp}/e.json"], "no checkpoint"),
 ])
 def test_bad_input_gives_one_line_errors(tmp_path: Path, args, message):
+    (tmp_path / "legacy.json").write_text(json.dumps({"rlur": {"watch_scale": 100.0}}))
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     proc = rlur(*args, check=False)
     assert proc.returncode == 2

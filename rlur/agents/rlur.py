@@ -49,6 +49,8 @@ from rlur.agents.policy import GaussianPolicy
 from rlur.training.buffer import Batch
 
 __all__ = [
+    "HEURISTICS",
+    "KUAIRAND_MEDIAN_VIDEO_SECONDS",
     "RLURAgent",
     "RLURConfig",
     "candidate_pull",
@@ -111,8 +113,9 @@ class RLURConfig:
     """Actor and target updates every this many critic updates (TD3)."""
     target_noise: float = 0.1
     target_noise_clip: float = 0.3
-    watch_scale: float = 300.0
-    """Immediate reward: watch seconds of the slate are divided by this."""
+    heuristic: str = "paper"
+    """The immediate critic's heuristic reward (:func:`immediate_reward`): ``"paper"`` (watch time
+    and the four interactions, as the paper states it) or ``"hand-weighted"`` (the first release's)."""
     candidate_explore: float = 0.0
     """Share of served actions replaced by a pure weighting (``candidate_weightings``), drawn
     uniformly: exploration of the action box's corners. Not in the paper; 0 switches it off."""
@@ -125,6 +128,8 @@ class RLURConfig:
             raise ValueError(f"candidate_explore must be in [0, 1], got {self.candidate_explore}")
         if not self.candidate_pull >= 0.0:
             raise ValueError(f"candidate_pull must be non-negative, got {self.candidate_pull}")
+        if self.heuristic not in HEURISTICS:
+            raise ValueError(f"heuristic must be one of {', '.join(HEURISTICS)}, got {self.heuristic!r}")
         if self.rnd_state not in ("current", "next"):
             raise ValueError(f"rnd_state must be 'current' or 'next', got {self.rnd_state!r}")
 
@@ -132,6 +137,18 @@ class RLURConfig:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RLURConfig:
+        """The config a run saved. Runs saved before ``heuristic`` existed used the first release's
+        reward (``watch_scale`` 300 s, long views and hate): they load as ``"hand-weighted"``."""
+        d = dict(d)
+        if "watch_scale" in d:
+            scale = d.pop("watch_scale")
+            if scale != 300.0:
+                raise ValueError(f"a saved RLUR config with watch_scale {scale} has no heuristic reward today")
+            d.setdefault("heuristic", "hand-weighted")
+        return cls(**{**d, "hidden": tuple(d.get("hidden", (128, 128)))})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,17 +239,32 @@ def explore_candidates(
     return torch.where(pick[:, None], drawn, action)
 
 
-def immediate_reward(feedback: torch.Tensor, watch_scale: float = 300.0) -> torch.Tensor:
-    """Heuristic immediate response ``I(s, a)``: watch time plus interactions on the slate.
+#: Watch seconds per unit of the paper's heuristic reward: KuaiRand-Pure's median video duration
+#: (81.17 s over the 7,344 videos with a duration in ``video_features_basic_pure.csv``), so a video
+#: watched through counts about as much as one interaction. Taken from the data, not the simulator.
+KUAIRAND_MEDIAN_VIDEO_SECONDS = 81.17
+#: The heuristic rewards ``I(s, a)`` of the immediate critic (``RLURConfig.heuristic``).
+HEURISTICS = ("paper", "hand-weighted")
+
+
+def immediate_reward(feedback: torch.Tensor, heuristic: str = "paper") -> torch.Tensor:
+    """Heuristic immediate response ``I(s, a)`` of a slate (paper §3.2).
 
     ``feedback (N, 1 + R)`` = watch seconds, then counts of BEHAVIOURS (click, long_view, like,
-    follow, comment, forward, profile_enter, hate). Hate counts against.
+    follow, comment, forward, profile_enter, hate).
+
+    * ``"paper"``: "watch time and interactions": ``watch / 81.17 s + like + follow + comment +
+      forward``, every term weighted 1 (watch time in KuaiRand-Pure median durations).
+    * ``"hand-weighted"``: the first release's reward, ``watch / 300 s + long_view / 6 + like +
+      follow + comment + forward − 2·hate``. Its long-view and hate terms are not in the paper and
+      were chosen while the simulator's satisfaction was in view.
     """
-    watch = feedback[:, 0] / watch_scale
-    long_view = feedback[:, 2] / 6.0
     interactions = feedback[:, 3:7].sum(1)  # like, follow, comment, forward
-    hate = feedback[:, 8]
-    return watch + long_view + interactions - 2.0 * hate
+    if heuristic == "paper":
+        return feedback[:, 0] / KUAIRAND_MEDIAN_VIDEO_SECONDS + interactions
+    if heuristic == "hand-weighted":
+        return feedback[:, 0] / 300.0 + feedback[:, 2] / 6.0 + interactions - 2.0 * feedback[:, 8]
+    raise ValueError(f"unknown heuristic {heuristic!r}; choose from {', '.join(HEURISTICS)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +369,7 @@ class RLURAgent:
         stats["train/Q_T"] = q1.mean().item()
 
         if cfg.immediate:
-            r_i = immediate_reward(batch.feedback, cfg.watch_scale)
+            r_i = immediate_reward(batch.feedback, cfg.heuristic)
             if cfg.rnd:
                 bonus, rnd_stats = self.intrinsic_reward(batch)
                 stats.update(rnd_stats)

@@ -100,7 +100,7 @@ class TrainerConfig:
     def from_dict(cls, d: dict) -> TrainerConfig:
         d = dict(d)
         r, t = d.pop("rlur", {}), d.pop("td3", {})
-        return cls(**d, rlur=RLURConfig(**{**r, "hidden": tuple(r.get("hidden", (128, 128)))}),
+        return cls(**d, rlur=RLURConfig.from_dict(r),
                    td3=TD3Config(**{**t, "hidden": tuple(t.get("hidden", (128, 128)))}))
 
     def explore_std(self, n: int) -> float:

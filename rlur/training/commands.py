@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from rlur.agents.policy import load_policy
-from rlur.agents.rlur import RLURConfig
+from rlur.agents.rlur import HEURISTICS, RLURConfig
 from rlur.cli import ABLATIONS, CliError, check_writable, non_negative_float, positive_int
 from rlur.distributed.backend import add_backend_args, check_backend_args
 from rlur.evaluation.report import print_metrics_table
@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--candidate-pull", type=non_negative_float, default=None, metavar="WEIGHT",
                    help="rlur: weight of the actor's pull towards the pure weighting the critics value most "
                         "(not in the paper; default 0; the rlur-candidates row uses 1)")
+    p.add_argument("--heuristic", choices=HEURISTICS, default=None,
+                   help="rlur: the immediate critic's heuristic reward (default paper: watch time / 81.17 s plus "
+                        "like, follow, comment, forward; hand-weighted: the first release's)")
     p.add_argument("--group-critics", action="store_true",
                    help="rlur: one retention and one immediate critic per activity group, as well as one actor "
                         "(open in the paper; default: shared critics; the rlur-group-critics row)")
@@ -112,7 +115,7 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
             base[key] = getattr(args, name)
     try:
         cfg = TrainConfig.from_dict(base)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise CliError(f"bad configuration: {err}") from None
     cfg.rlur = _rlur_flags(args, cfg)
     return cfg
@@ -130,6 +133,10 @@ def _rlur_flags(args: argparse.Namespace, cfg: TrainConfig) -> RLURConfig:
     for flag, field in ABLATIONS.items():
         if getattr(args, f"no_{flag.replace('-', '_')}"):
             rl = dataclasses.replace(rl, **{field: False})
+    if args.heuristic is not None:
+        if cfg.algo != "rlur":
+            raise CliError(f"--heuristic is an option of --algo rlur, not {cfg.algo}")
+        rl = dataclasses.replace(rl, heuristic=args.heuristic)
     if args.group_critics:
         if cfg.algo != "rlur":
             raise CliError(f"--group-critics is an option of --algo rlur, not {cfg.algo}")

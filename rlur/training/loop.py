@@ -102,7 +102,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
-        d["rlur"] = RLURConfig(**{**d.get("rlur", {}), "hidden": tuple(d.get("rlur", {}).get("hidden", (128, 128)))})
+        d["rlur"] = RLURConfig.from_dict(d.get("rlur", {}))
         d["td3"] = TD3Config(**{**d.get("td3", {}), "hidden": tuple(d.get("td3", {}).get("hidden", (128, 128)))})
         d["cem"] = CEMConfig(**d.get("cem", {}))
         d["world"] = WorldConfig.from_dict(d["world"]) if "world" in d else WorldConfig()
