@@ -1,9 +1,12 @@
-"""Gymnasium wrappers: API conformance, registration, seeding, truncation and autoreset."""
+"""Gymnasium wrappers: API conformance, registration, seeding, episodes, stable info keys and autoreset."""
 
 from __future__ import annotations
 
 import copy
+import itertools
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from rlur.sim import gym_env
 from rlur.sim.env import OBS_DIM, OBS_FIELDS, RetentionEnv
 from rlur.sim.gym_env import (
     ENV_ID,
+    ENV_ID_DAYS,
     FEEDBACK_NAMES,
     RetentionGymEnv,
     RetentionVectorEnv,
@@ -30,6 +34,8 @@ from rlur.sim.world import SCORE_NAMES, World, WorldConfig
 
 K = len(SCORE_NAMES)
 SMALL = WorldConfig(n_videos=500, n_candidates=50)
+DAYS = {"episode": "days"}  # the calendar-horizon episodes
+STEP_KEYS = {"session_end", "return_day", "return_time", "feedback", "group", "day", "sessions"}
 DOC = Path(__file__).resolve().parents[1] / "docs" / "observation.md"
 
 
@@ -78,11 +84,12 @@ def test_make_single_env_spaces_and_types() -> None:
     assert env.action_space == gymnasium.spaces.Box(-1, 1, (K,), np.float32)
     obs, info = env.reset(seed=1)
     assert obs.shape == (OBS_DIM,) and obs.dtype == np.float32 and obs in env.observation_space
-    assert set(info) == {"group", "day"} and info["day"] == 0
+    assert set(info) == STEP_KEYS and info["day"] == 0 and info["sessions"] == 0
+    assert info["return_time"] == -1.0 and info["return_day"] == -1 and not any(info["feedback"].values())
     obs, reward, terminated, truncated, info = env.step(np.zeros(K, np.float32))
     assert obs.dtype == np.float32 and obs in env.observation_space
     assert isinstance(reward, float) and terminated is False and truncated is False
-    assert {"session_end", "return_day", "feedback", "group", "day"} <= set(info)
+    assert set(info) == STEP_KEYS
     assert tuple(info["feedback"]) == FEEDBACK_NAMES
     assert all(isinstance(info["feedback"][n], int) for n in FEEDBACK_NAMES[1:])
 
@@ -97,6 +104,7 @@ def test_make_vec_shapes_and_dtypes() -> None:
     obs, info = envs.reset(seed=0)
     assert obs.shape == (8, OBS_DIM) and obs.dtype == np.float32 and obs in envs.observation_space
     assert info["group"].shape == (8,) and info["_group"].all() and (info["day"] == 0).all()
+    assert STEP_KEYS <= set(info) and not info["_session_end"].any() and (info["return_time"] == -1).all()
     envs.action_space.seed(0)
     for _ in range(10):
         obs, rewards, terminated, truncated, info = envs.step(envs.action_space.sample())
@@ -109,7 +117,7 @@ def test_make_vec_shapes_and_dtypes() -> None:
         assert all(info["feedback"][n].dtype == np.int64 for n in FEEDBACK_NAMES[1:])
         assert all(info[f"_{k}"].shape == (8,) for k in ("session_end", "return_day", "feedback", "day"))
         np.testing.assert_array_equal(info["_return_time"], info["session_end"])
-        np.testing.assert_array_equal(np.isfinite(info["return_time"]), info["session_end"])
+        np.testing.assert_array_equal(info["return_time"] >= 0, info["session_end"])
         np.testing.assert_array_equal(rewards, np.where(info["session_end"], -info["return_time"], 0.0))
     envs.close()
 
@@ -119,9 +127,33 @@ def test_register_is_idempotent() -> None:
         warnings.simplefilter("error")  # gymnasium warns when overriding a registered id
         register_envs()
         register_envs()
-    spec = gymnasium.spec(ENV_ID)
-    assert spec.entry_point == "rlur.sim.gym_env:RetentionGymEnv"
-    assert spec.vector_entry_point == "rlur.sim.gym_env:RetentionVectorEnv"
+    for env_id, episode in ((ENV_ID, "sessions"), (ENV_ID_DAYS, "days")):
+        spec = gymnasium.spec(env_id)
+        assert spec.entry_point == "rlur.sim.gym_env:RetentionGymEnv"
+        assert spec.vector_entry_point == "rlur.sim.gym_env:RetentionVectorEnv"
+        assert spec.kwargs == {"episode": episode}
+    assert gymnasium.make(ENV_ID, world=SMALL).unwrapped.episode == "sessions"
+    with pytest.warns(DeprecationWarning, match="out of date"):  # v0 keeps the calendar episodes
+        assert gymnasium.make(ENV_ID_DAYS, world=SMALL).unwrapped.episode == "days"
+    with pytest.warns(DeprecationWarning, match="out of date"):
+        envs = gymnasium.make_vec(ENV_ID_DAYS, num_envs=2, vectorization_mode="vector_entry_point", world=SMALL)
+    assert envs.episode == "days"
+
+
+def test_import_rlur_registers_without_importing_the_simulator() -> None:
+    code = ("import sys, gymnasium, rlur; assert 'rlur.sim.gym_env' not in sys.modules; "
+            "print(type(gymnasium.make('rlur/Retention-v1').unwrapped).__name__)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "RetentionGymEnv"
+
+
+def test_render_mode_none_or_a_type_error(small_world: World) -> None:
+    assert gymnasium.make(ENV_ID, world=small_world, render_mode=None).unwrapped.render_mode is None
+    for make in (lambda m: RetentionGymEnv(small_world, render_mode=m),
+                 lambda m: RetentionVectorEnv(2, small_world, render_mode=m)):
+        with pytest.raises(TypeError, match="render nothing"):  # SB3's make_vec_env retries on a TypeError
+            make("rgb_array")
 
 
 def test_world_arguments(small_world: World) -> None:
@@ -131,8 +163,11 @@ def test_world_arguments(small_world: World) -> None:
     assert not torch.equal(a.world.video_quality, b.world.video_quality)
     with pytest.raises(ValueError):
         RetentionGymEnv(small_world, world_seed=5)
-    with pytest.raises(ValueError):
-        RetentionGymEnv(SMALL, horizon_days=0)
+    for bad in ({"horizon_days": 0}, {"n_sessions": 0}, {"max_requests": 0}, {"episode": "weeks"}):
+        with pytest.raises(ValueError):
+            RetentionGymEnv(SMALL, **bad)
+        with pytest.raises(ValueError):
+            RetentionVectorEnv(2, SMALL, **bad)
     with pytest.raises(ValueError):
         RetentionVectorEnv(0, SMALL)
 
@@ -185,7 +220,7 @@ def _vector_trajectory(envs: RetentionVectorEnv, seed: int, steps: int) -> list:
 
 
 def test_vector_same_seed_same_trajectory(small_world: World) -> None:
-    kw = {"horizon_days": 2, "max_requests": 25}  # several autoresets within the run
+    kw = {"n_sessions": 2, "max_requests": 25}  # several autoresets within the run
     a = _vector_trajectory(RetentionVectorEnv(6, small_world, **kw), 3, 60)
     b = _vector_trajectory(RetentionVectorEnv(6, small_world, **kw), 3, 60)
     assert any("final_obs" in x[-1] for x in a[1:])
@@ -200,7 +235,7 @@ def test_vector_same_seed_same_trajectory(small_world: World) -> None:
 # Sessions, truncation, autoreset
 # ----------------------------------------------------------------------------------------------
 def test_session_end_in_info_without_terminating(small_world: World) -> None:
-    env = RetentionGymEnv(small_world, horizon_days=10**6)
+    env = RetentionGymEnv(small_world, n_sessions=10**6)
     env.reset(seed=2)
     ends = 0
     for t in range(300):
@@ -210,13 +245,29 @@ def test_session_end_in_info_without_terminating(small_world: World) -> None:
             ends += 1
             assert info["return_day"] >= 0 and reward == -info["return_time"] < 0
         else:
-            assert info["return_day"] == -1 and reward == 0.0 and "return_time" not in info
-        assert env.requests == t + 1
+            assert info["return_day"] == -1 and reward == 0.0 and info["return_time"] == -1.0
+        assert env.requests == t + 1 and info["sessions"] == ends
     assert ends >= 3
 
 
+def test_single_truncation_after_n_sessions(small_world: World) -> None:
+    env = RetentionGymEnv(small_world, n_sessions=3)
+    env.reset(seed=4)
+    total, ends = 0.0, []
+    for _ in range(2000):
+        _, reward, terminated, truncated, info = env.step(np.zeros(K, np.float32))
+        total += reward
+        if info["session_end"]:
+            ends.append(info["return_time"])
+        assert not terminated and truncated == (len(ends) == 3)
+        if truncated:
+            break
+    assert truncated and info["session_end"] and info["sessions"] == 3
+    assert total == pytest.approx(-sum(ends))  # the episode return is −3 × the user's mean return time
+
+
 def test_single_truncation_at_horizon(small_world: World) -> None:
-    env = RetentionGymEnv(small_world, horizon_days=3)
+    env = RetentionGymEnv(small_world, horizon_days=3, **DAYS)
     env.reset(seed=0)
     for _ in range(2000):
         _, _, terminated, truncated, info = env.step(np.zeros(K, np.float32))
@@ -227,7 +278,7 @@ def test_single_truncation_at_horizon(small_world: World) -> None:
         if truncated:
             break
     assert truncated and info["session_end"] and info["return_day"] >= 1
-    env = RetentionGymEnv(small_world, horizon_days=10**6, max_requests=5)
+    env = RetentionGymEnv(small_world, n_sessions=10**6, max_requests=5)
     env.reset(seed=0)
     flags = [env.step(np.zeros(K, np.float32))[3] for _ in range(5)]
     assert flags == [False] * 4 + [True]
@@ -237,7 +288,7 @@ def test_single_truncation_at_horizon(small_world: World) -> None:
 
 def test_vector_per_user_truncation_and_same_step_autoreset(small_world: World) -> None:
     horizon, n = 2, 8
-    envs = RetentionVectorEnv(n, small_world, horizon_days=horizon)
+    envs = RetentionVectorEnv(n, small_world, horizon_days=horizon, **DAYS)
     obs, _ = envs.reset(seed=5)
     requests = np.zeros(n, dtype=np.int64)
     rng = np.random.default_rng(0)
@@ -272,7 +323,7 @@ def test_vector_per_user_truncation_and_same_step_autoreset(small_world: World) 
 
 
 def test_vector_max_requests_truncation(small_world: World) -> None:
-    envs = RetentionVectorEnv(4, small_world, horizon_days=10**6, max_requests=3)
+    envs = RetentionVectorEnv(4, small_world, n_sessions=10**6, max_requests=3)
     envs.reset(seed=0)
     flags = [envs.step(np.zeros((4, K)))[3] for _ in range(7)]
     expected = [False, False, True, False, False, True, False]
@@ -281,7 +332,7 @@ def test_vector_max_requests_truncation(small_world: World) -> None:
 
 def test_record_episode_statistics_under_same_step(small_world: World) -> None:
     envs = gymnasium.wrappers.vector.RecordEpisodeStatistics(
-        RetentionVectorEnv(4, small_world, horizon_days=2, max_requests=40),
+        RetentionVectorEnv(4, small_world, n_sessions=2, max_requests=40),
     )
     envs.reset(seed=1)
     returns, lengths, done_any = np.zeros(4), np.zeros(4, dtype=np.int64), False
@@ -353,3 +404,80 @@ def test_observation_doc_table_is_current() -> None:
     assert found.group(1) == table, (
         "docs/observation.md is stale: paste rlur.sim.gym_env.observation_table_markdown() between the markers"
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Stable info keys
+# ----------------------------------------------------------------------------------------------
+def _structure(info: dict) -> dict:
+    """Keys and value types of a (nested) info dict."""
+    return {k: _structure(v) if isinstance(v, dict) else type(v) for k, v in info.items()}
+
+
+def test_single_info_has_the_same_keys_and_types_at_every_step(small_world: World) -> None:
+    env = RetentionGymEnv(small_world, n_sessions=4)
+    _, info = env.reset(seed=3)
+    first, ends, truncations = _structure(info), 0, 0
+    for _ in range(400):
+        _, _, _, truncated, info = env.step(np.full(K, 0.2, np.float32))
+        assert _structure(info) == first
+        ends += info["session_end"]
+        if truncated:
+            truncations += 1
+            _, info = env.reset()
+            assert _structure(info) == first
+    assert ends >= 4 and truncations >= 1
+
+
+def test_vector_info_has_the_same_keys_at_every_step(small_world: World) -> None:
+    envs = RetentionVectorEnv(4, small_world, n_sessions=2)
+    _, info = envs.reset(seed=3)
+    keys = set(info)
+    assert keys == STEP_KEYS | {f"_{k}" for k in STEP_KEYS}
+    resets = 0
+    for _ in range(150):
+        _, _, _, truncated, info = envs.step(np.zeros((4, K)))
+        assert set(info) - {"final_obs", "_final_obs", "final_info", "_final_info"} == keys
+        assert set(info["feedback"]) == set(FEEDBACK_NAMES) | {f"_{n}" for n in FEEDBACK_NAMES}
+        np.testing.assert_array_equal(info["return_time"][~info["session_end"]], -1.0)
+        resets += int(truncated.sum())
+    assert resets >= 4
+
+
+# ----------------------------------------------------------------------------------------------
+# The episode return ranks policies
+# ----------------------------------------------------------------------------------------------
+def _first_episode_returns(policy: Any, world: World, n_envs: int, n_sessions: int) -> np.ndarray:
+    """Each slot's first episode return (the vector env, ``n_sessions`` sessions per episode)."""
+    envs = RetentionVectorEnv(n_envs, world, n_sessions=n_sessions)
+    obs, _ = envs.reset(seed=11)
+    running, first = np.zeros(n_envs), np.full(n_envs, np.nan)
+    while np.isnan(first).any():
+        obs_t = torch.from_numpy(obs)
+        action = policy.act(obs_t, obs_t[:, :4].argmax(1), deterministic=True).numpy()
+        obs, rewards, _, truncated, _ = envs.step(action)
+        running += rewards
+        new = truncated & np.isnan(first)
+        first[new] = running[new]
+        running[truncated] = 0.0
+    return first
+
+
+def test_episode_return_ranks_policies_as_the_per_user_return_day() -> None:
+    from rlur.agents.fixed import FixedPolicy, group_rule_actions, make_fixed_policy, weighting_action
+    from rlur.agents.policy import TablePolicy
+    from rlur.training.loop import evaluate_policy
+
+    world = World(WorldConfig())
+    policies = {"click": make_fixed_policy("click"), "uniform": make_fixed_policy("uniform"),
+                "watch_time": FixedPolicy(weighting_action("watch_time")),
+                "group_rule": TablePolicy(group_rule_actions())}
+    per_user, returns = {}, {}
+    for name, policy in policies.items():
+        per_user[name] = evaluate_policy(policy, world, 512, 10, seed=5)["avg_return_day_per_user"]["mean"]
+        returns[name] = _first_episode_returns(policy, world, 512, n_sessions=10)  # the same users, paired
+    by_metric = sorted(policies, key=lambda n: per_user[n])  # best (fewest days) first
+    assert sorted(policies, key=lambda n: -returns[n].mean()) == by_metric, (per_user, returns)
+    for better, worse in itertools.pairwise(by_metric):
+        gap = returns[better] - returns[worse]
+        assert gap.mean() > 4 * gap.std(ddof=1) / np.sqrt(len(gap)), (better, worse)

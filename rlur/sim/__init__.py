@@ -1,3 +1,5 @@
 """The built-in user-retention simulator: world, batched environment, Gymnasium wrappers."""
 
-from rlur.sim import gym_env as _gym_env  # noqa: F401  (registers "rlur/Retention-v0")
+from rlur.sim.registration import register_envs as _register_envs
+
+_register_envs()  # "rlur/Retention-v1" and "rlur/Retention-v0", imported when first made

@@ -4,17 +4,24 @@
   fusion weights ``w = weight_max · (a + 1) / 2`` (:func:`rlur.sim.ranking.action_to_weights`); each
   predicted score is divided by ``world.score_ref`` (its typical value, or its typical spread across a
   request's candidates with ``score_scale="spread"``) before weighting.
-* **Reward**: ``-return_time`` (days until the user comes back, a same-day reopen counting a fraction
-  of a day) on the request that ends a session, 0 on every other request. Everything else (immediate
-  feedback, return day, group, calendar day) goes into ``info``.
+* **Reward** (the paper's): ``-return_time`` (days until the user comes back, a same-day reopen
+  counting a fraction of a day) on the request that ends a session, 0 on every other request.
+  Everything else (immediate feedback, return day, group, calendar day) goes into ``info``.
 * **Episodes**: a session end is not an episode end. There is no absorbing state, so ``terminated`` is
-  always False; ``truncated`` becomes True once the user's calendar day reaches ``horizon_days`` or
-  after ``max_requests`` requests.
+  always False. With ``episode="sessions"`` (the default) ``truncated`` becomes True at the end of
+  the user's ``n_sessions``-th session, so the episode return is ``-n_sessions`` times the user's mean
+  return time and ranks policies as ``avg_return_day_per_user`` does. With ``episode="days"`` it
+  becomes True once the user's calendar day reaches ``horizon_days``; the return gaps of a fixed
+  calendar window add up to about the window, so that return hardly differs between policies.
+  Either way ``max_requests`` requests also truncate.
+* **Info**: the same keys after every ``reset`` and ``step``, with sentinels where there is no value
+  (``return_time`` −1.0 and ``return_day`` −1 while a session goes on, zero feedback after a reset;
+  not NaN, which Gymnasium's determinism checks cannot compare).
 
-Both classes are registered as ``rlur/Retention-v0`` (:func:`register_envs`, run on import):
-``gymnasium.make("rlur/Retention-v0")`` and ``gymnasium.make_vec("rlur/Retention-v0", num_envs=B,
-vectorization_mode="vector_entry_point")`` (or ``"rlur.sim.gym_env:rlur/Retention-v0"`` to import on
-the fly). See ``docs/observation.md``.
+Registered (:mod:`rlur.sim.registration`, on ``import rlur``) as ``rlur/Retention-v1`` (sessions) and
+``rlur/Retention-v0`` (days): ``gymnasium.make("rlur/Retention-v1")`` and
+``gymnasium.make_vec("rlur/Retention-v1", num_envs=B, vectorization_mode="vector_entry_point")``.
+See ``docs/observation.md`` and ``docs/integrations.md``.
 """
 
 from __future__ import annotations
@@ -31,10 +38,13 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from rlur.sim.env import OBS_DIM, OBS_FIELDS, RetentionEnv, StepResult
+from rlur.sim.registration import ENV_ID, ENV_ID_DAYS, register_envs
 from rlur.sim.world import BEHAVIOURS, SCORE_NAMES, World, WorldConfig
 
 __all__ = [
     "ENV_ID",
+    "ENV_ID_DAYS",
+    "EPISODES",
     "FEEDBACK_NAMES",
     "RetentionGymEnv",
     "RetentionVectorEnv",
@@ -44,8 +54,8 @@ __all__ = [
     "register_envs",
 ]
 
-#: Registered id of both wrappers.
-ENV_ID = "rlur/Retention-v0"
+#: Episode kinds: a fixed number of sessions, or a fixed calendar horizon.
+EPISODES = ("sessions", "days")
 #: Keys of ``info["feedback"]``: watch seconds of the slate, then the count of each behaviour on it.
 FEEDBACK_NAMES: tuple[str, ...] = ("watch_time", *BEHAVIOURS)
 
@@ -64,11 +74,26 @@ def _resolve_world(world: World | WorldConfig | None, world_seed: int | None) ->
     return World(config)
 
 
-def _check_limits(horizon_days: int, max_requests: int) -> None:
+def _check_limits(episode: str, n_sessions: int, horizon_days: int, max_requests: int) -> None:
+    if episode not in EPISODES:
+        raise ValueError(f"episode must be one of {', '.join(EPISODES)}, got {episode!r}")
+    if n_sessions <= 0:
+        raise ValueError(f"n_sessions must be positive, got {n_sessions}")
     if horizon_days <= 0:
         raise ValueError(f"horizon_days must be positive, got {horizon_days}")
     if max_requests <= 0:
         raise ValueError(f"max_requests must be positive, got {max_requests}")
+
+
+def _check_render_mode(render_mode: str | None) -> None:
+    """Only ``None``: a ``TypeError`` otherwise, on which SB3's ``make_vec_env`` retries without one."""
+    if render_mode is not None:
+        raise TypeError(f"render_mode={render_mode!r}: the retention environments render nothing; "
+                        "pass render_mode=None")
+
+
+def _feedback_sentinel() -> dict[str, float | int]:
+    return {name: 0.0 if name == "watch_time" else 0 for name in FEEDBACK_NAMES}
 
 
 def _draw_seed(rng: np.random.Generator) -> int:
@@ -141,30 +166,36 @@ class RetentionGymEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     Each ``reset`` draws a new user from the world's population, seeded from ``self.np_random``.
     ``step`` serves one request; the reward is ``-return_time`` (days) at a session end, else 0.
 
-    ``info`` after ``step``: ``session_end`` (bool), ``return_day`` (int: -1 while the session goes on,
-    0 for a same-day reopen, else days until the return), ``return_time`` (float days, present only
-    at a session end), ``feedback`` (dict over :data:`FEEDBACK_NAMES`: watch seconds, behaviour
-    counts on the slate), ``group`` (int index into ``GROUPS``), ``day`` (calendar day of the request
-    just served). ``info`` after ``reset``: ``group`` and ``day`` (0).
+    ``info`` after ``reset`` and ``step`` (the same keys every time): ``session_end`` (bool),
+    ``return_day`` (int: -1 while the session goes on, 0 for a same-day reopen, else days until the
+    return), ``return_time`` (float days, −1.0 while the session goes on), ``feedback`` (dict over
+    :data:`FEEDBACK_NAMES`: watch seconds, behaviour counts on the slate; zeros after a reset),
+    ``group`` (int index into ``GROUPS``), ``day`` (calendar day of the request just served, 0 after
+    a reset) and ``sessions`` (sessions ended in this episode).
 
     Args:
         world: a ``World`` or ``WorldConfig`` (default: ``WorldConfig()``).
         world_seed: overrides the config's ``world_seed``.
-        horizon_days: truncate once the user's calendar day reaches this.
-        max_requests: truncate after this many requests.
-        render_mode: only ``None`` (nothing to render).
+        episode: ``"sessions"`` (truncate after ``n_sessions`` sessions) or ``"days"`` (truncate once
+            the user's calendar day reaches ``horizon_days``).
+        n_sessions: sessions per episode with ``episode="sessions"``.
+        horizon_days: calendar days per episode with ``episode="days"``.
+        max_requests: truncate after this many requests in any case.
+        render_mode: only ``None`` (a ``TypeError`` otherwise: nothing to render).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(
         self, world: World | WorldConfig | None = None, *, world_seed: int | None = None,
-        horizon_days: int = 30, max_requests: int = 2000, render_mode: str | None = None,
+        episode: str = "sessions", n_sessions: int = 20, horizon_days: int = 30, max_requests: int = 2000,
+        render_mode: str | None = None,
     ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode {render_mode!r} is not supported (no render modes)")
-        _check_limits(horizon_days, max_requests)
+        _check_render_mode(render_mode)
+        _check_limits(episode, n_sessions, horizon_days, max_requests)
         self.world = _resolve_world(world, world_seed)
+        self.episode = episode
+        self.n_sessions = int(n_sessions)
         self.horizon_days = int(horizon_days)
         self.max_requests = int(max_requests)
         self.render_mode = render_mode
@@ -172,6 +203,7 @@ class RetentionGymEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self.action_space = make_action_space()
         self.sim = RetentionEnv(self.world, n_users=1, seed=0)
         self.requests = 0
+        self.sessions = 0
 
     def _obs(self, obs: torch.Tensor) -> np.ndarray:
         space = self.observation_space
@@ -182,8 +214,17 @@ class RetentionGymEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         obs = self.sim.reset(_draw_seed(self.np_random))
-        self.requests = 0
-        return self._obs(obs), {"group": int(self.sim.group[0]), "day": int(self.sim.day[0])}
+        self.requests = self.sessions = 0
+        info = {"session_end": False, "return_day": -1, "return_time": -1.0, "feedback": _feedback_sentinel(),
+                "group": int(self.sim.group[0]), "day": int(self.sim.day[0]), "sessions": 0}
+        return self._obs(obs), info
+
+    def _episode_over(self) -> bool:
+        if self.requests >= self.max_requests:
+            return True
+        if self.episode == "sessions":
+            return self.sessions >= self.n_sessions
+        return int(self.sim.day[0]) >= self.horizon_days
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         a = np.asarray(action, dtype=np.float32)
@@ -192,23 +233,22 @@ class RetentionGymEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         r = self.sim.step(torch.tensor(a).unsqueeze(0))  # raises ValueError on NaN / inf
         self.requests += 1
         end = bool(r.session_end[0])
-        feedback = r.feedback[0].tolist()
+        self.sessions += end
+        return_time = float(r.return_time[0]) if end else -1.0
         info: dict[str, Any] = {
             "session_end": end,
             "return_day": int(r.return_day[0]),
+            "return_time": return_time,
             "feedback": {
                 name: (float(v) if name == "watch_time" else round(v))
-                for name, v in zip(FEEDBACK_NAMES, feedback, strict=True)
+                for name, v in zip(FEEDBACK_NAMES, r.feedback[0].tolist(), strict=True)
             },
             "group": int(r.group[0]),
             "day": int(r.day[0]),
+            "sessions": self.sessions,
         }
-        reward = 0.0
-        if end:
-            info["return_time"] = float(r.return_time[0])
-            reward = -info["return_time"]
-        truncated = int(self.sim.day[0]) >= self.horizon_days or self.requests >= self.max_requests
-        return self._obs(r.obs), reward, False, truncated, info
+        reward = -return_time if end else 0.0
+        return self._obs(r.obs), reward, False, self._episode_over(), info
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,9 +295,12 @@ def _restrict_masks(info: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
 class RetentionVectorEnv(VectorEnv):
     """``num_envs`` users stepped together by one :class:`RetentionEnv` (no Python loop over users).
 
-    Same spaces (batched), reward, truncation and info keys as :class:`RetentionGymEnv`, as NumPy
-    arrays: ``info[key]`` is ``(num_envs, …)`` with Gymnasium's mask ``info["_key"]``;
-    ``info["return_time"]`` is NaN where ``info["_return_time"]`` (= ``session_end``) is False.
+    Same spaces (batched), reward, episodes and info keys as :class:`RetentionGymEnv`, as NumPy
+    arrays: ``info[key]`` is ``(num_envs, …)`` with Gymnasium's mask ``info["_key"]``; every key is
+    present after every ``reset`` and ``step``, holding its sentinel where the mask is False.
+    ``info["return_time"]`` is −1.0 where ``info["_return_time"]`` (= ``session_end``) is False. After
+    a reset, the step keys (``session_end``, ``return_day``, ``return_time``, ``feedback``) hold
+    their sentinels and are masked out.
 
     **Autoreset: ``AutoresetMode.SAME_STEP``.** A user whose episode is truncated on this step is
     replaced by a freshly drawn user *within the same step*: the returned observation is the new
@@ -266,8 +309,9 @@ class RetentionVectorEnv(VectorEnv):
     one for users not reset); ``info["final_info"]`` holds the step's info for the reset users, and
     ``info["_final_obs"]`` / ``info["_final_info"]`` mark them. As with ``SyncVectorEnv`` in this
     mode, a reset user's top-level info is its reset info: ``group`` and ``day`` describe the new
-    user, and the masks of the step keys (``_session_end``, ``_return_day``, ``_return_time``,
-    ``_feedback``) are False for it, although the arrays keep the transition's values. The reward
+    user, ``sessions`` is 0, and the masks of the step keys (``_session_end``, ``_return_day``,
+    ``_return_time``, ``_feedback``) are False for it, although the arrays keep the transition's
+    values. The reward
     is the transition's. ``reset(options={"reset_mask": mask})`` replaces only the masked users.
     """
 
@@ -275,16 +319,17 @@ class RetentionVectorEnv(VectorEnv):
 
     def __init__(
         self, num_envs: int = 1, world: World | WorldConfig | None = None, *, world_seed: int | None = None,
-        horizon_days: int = 30, max_requests: int = 2000, chunk_size: int = 512,
-        render_mode: str | None = None,
+        episode: str = "sessions", n_sessions: int = 20, horizon_days: int = 30, max_requests: int = 2000,
+        chunk_size: int = 512, render_mode: str | None = None,
     ) -> None:
         if num_envs <= 0:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
-        if render_mode is not None:
-            raise ValueError(f"render_mode {render_mode!r} is not supported (no render modes)")
-        _check_limits(horizon_days, max_requests)
+        _check_render_mode(render_mode)
+        _check_limits(episode, n_sessions, horizon_days, max_requests)
         self.world = _resolve_world(world, world_seed)
         self.num_envs = int(num_envs)
+        self.episode = episode
+        self.n_sessions = int(n_sessions)
         self.horizon_days = int(horizon_days)
         self.max_requests = int(max_requests)
         self.chunk_size = int(chunk_size)
@@ -295,6 +340,7 @@ class RetentionVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.sim = RetentionEnv(self.world, n_users=self.num_envs, seed=0, chunk_size=self.chunk_size)
         self.requests = np.zeros(self.num_envs, dtype=np.int64)
+        self.sessions = np.zeros(self.num_envs, dtype=np.int64)
         self._user_fields = _per_user_fields(self.world)
         self._low = self.single_observation_space.low
         self._high = self.single_observation_space.high
@@ -315,9 +361,21 @@ class RetentionVectorEnv(VectorEnv):
             value[rows] = getattr(fresh, name)
             setattr(self.sim, name, value)
         self.requests[mask] = 0
+        self.sessions[mask] = 0
 
-    def _state_info(self, mask: np.ndarray) -> dict[str, Any]:
-        return _with_masks({"group": self.sim.group.numpy().copy(), "day": self.sim.day.numpy().copy()}, mask)
+    def _reset_info(self, mask: np.ndarray) -> dict[str, Any]:
+        """Every key: ``group``, ``day`` and ``sessions`` (0) where ``mask``, sentinels for the step keys."""
+        n = self.num_envs
+        info = _with_masks({
+            "session_end": np.zeros(n, dtype=np.bool_),
+            "return_day": np.full(n, -1, dtype=np.int64),
+            "return_time": np.full(n, -1.0),
+            "feedback": {name: np.zeros(n, dtype=np.float64 if i == 0 else np.int64)
+                         for i, name in enumerate(FEEDBACK_NAMES)},
+        }, np.zeros(n, dtype=np.bool_))
+        info.update(_with_masks({"group": self.sim.group.numpy().copy(), "day": self.sim.day.numpy().copy(),
+                                 "sessions": self.sessions.copy()}, mask))
+        return info
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None,
@@ -328,13 +386,14 @@ class RetentionVectorEnv(VectorEnv):
         if mask is None:
             self.sim.reset(_draw_seed(self.np_random))
             self.requests[:] = 0
+            self.sessions[:] = 0
             mask = np.ones(self.num_envs, dtype=np.bool_)
         else:
             mask = np.asarray(mask)
             if mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
                 raise ValueError(f"reset_mask must be a bool array of shape ({self.num_envs},)")
             self._reset_users(mask)
-        return self._obs(), self._state_info(mask)
+        return self._obs(), self._reset_info(mask)
 
     def _step_info(self, r: StepResult) -> dict[str, Any]:
         everyone = np.ones(self.num_envs, dtype=np.bool_)
@@ -349,8 +408,9 @@ class RetentionVectorEnv(VectorEnv):
             },
             "group": r.group.numpy().copy(),
             "day": r.day.numpy().copy(),
+            "sessions": self.sessions.copy(),
         }, everyone)
-        info["return_time"] = r.return_time.double().numpy().copy()
+        info["return_time"] = np.where(end, r.return_time.double().numpy(), -1.0)
         info["_return_time"] = end.copy()
         return info
 
@@ -362,11 +422,12 @@ class RetentionVectorEnv(VectorEnv):
             raise ValueError(f"actions must have shape {self.action_space.shape}, got {a.shape}")
         r = self.sim.step(torch.tensor(a))  # raises ValueError on NaN / inf
         self.requests += 1
+        self.sessions += r.session_end.numpy()
         info = self._step_info(r)
         end = info["session_end"]
-        rewards = np.where(end, -np.nan_to_num(info["return_time"]), 0.0)
+        rewards = np.where(end, -info["return_time"], 0.0)
         terminations = np.zeros(self.num_envs, dtype=np.bool_)
-        truncations = (self.sim.day.numpy() >= self.horizon_days) | (self.requests >= self.max_requests)
+        truncations = self._episode_over()
         obs = self._obs()
         if truncations.any():
             info["final_info"] = _restrict_masks(info, truncations)
@@ -383,19 +444,13 @@ class RetentionVectorEnv(VectorEnv):
                 info[f"_{key}"] = info[f"_{key}"] & kept
             info["group"] = np.where(truncations, self.sim.group.numpy(), info["group"])
             info["day"] = np.where(truncations, self.sim.day.numpy(), info["day"])
+            info["sessions"] = np.where(truncations, 0, info["sessions"])
         return obs, rewards, terminations, truncations, info
 
-
-# ----------------------------------------------------------------------------------------------
-def register_envs() -> None:
-    """Register ``rlur/Retention-v0`` (single and vector entry points) with Gymnasium; idempotent."""
-    if ENV_ID in gymnasium.registry:
-        return
-    gymnasium.register(
-        id=ENV_ID,
-        entry_point=f"{__name__}:RetentionGymEnv",
-        vector_entry_point=f"{__name__}:RetentionVectorEnv",
-    )
-
-
-register_envs()
+    def _episode_over(self) -> np.ndarray:
+        """``(num_envs,)`` bool: the users whose episode ends on this step."""
+        if self.episode == "sessions":
+            over = self.sessions >= self.n_sessions
+        else:
+            over = self.sim.day.numpy() >= self.horizon_days
+        return over | (self.requests >= self.max_requests)
