@@ -7,14 +7,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-from rlur.agents.policy import load_policy
 from rlur.agents.rlur import HEURISTICS, RLURConfig
 from rlur.cli import ABLATIONS, CliError, check_writable, non_negative_float, positive_int
 from rlur.distributed.backend import add_backend_args, check_backend_args
 from rlur.evaluation.report import print_metrics_table
 from rlur.sim.world import WORLD_PRESETS, WorldConfig
 from rlur.training.checkpoint import atomic_write_json
-from rlur.training.loop import ALGOS, TrainConfig, Trainer, build_world, evaluate_policy
+from rlur.training.loop import ALGOS, TrainConfig, Trainer
 
 __all__ = ["build_train_config", "register"]
 
@@ -73,8 +72,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("eval", help="evaluate a trained policy on held-out users",
-                       description="Evaluate a run directory's policy (deterministic μ) on fresh users.")
-    e.add_argument("--checkpoint", required=True, help="run directory (or checkpoint.pt)")
+                       description="Evaluate a run directory's policy (deterministic μ), or any policy, on fresh "
+                                   "users (the same as rlur.evaluate in Python).")
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="run directory (or checkpoint.pt)")
+    which.add_argument("--policy", metavar="MODULE:FUNCTION",
+                       help="a policy from outside: a function obs → action, or an object with act or predict "
+                            "(e.g. an SB3 model), named as module:attribute or file.py:attribute; evaluated in "
+                            "the default world unless --world")
     e.add_argument("--users", type=positive_int, default=4096)
     e.add_argument("--days", type=positive_int, default=14)
     e.add_argument("--seed", type=int, default=2_000_003, help="seed of the evaluation users")
@@ -218,13 +223,18 @@ def _train(args: argparse.Namespace, trainer: Trainer, out: Path) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from rlur.evaluation.api import evaluate, load_policy_spec
+
     out = check_writable(args.out)
-    policy, ckpt = load_policy(args.checkpoint)
-    world_path = args.world or ckpt.get("world_path")
-    world = build_world(world_path, None if world_path else WorldConfig.from_dict(ckpt["world_config"]))
-    result = evaluate_policy(policy, world, args.users, args.days, args.seed, progress=not args.no_progress)
-    result.update(algo=ckpt.get("algo"), version=ckpt.get("version"), checkpoint=str(args.checkpoint))
-    print_metrics_table(result, title=f"rlur eval {args.checkpoint}")
+    policy = args.checkpoint or load_policy_spec(args.policy)
+    try:
+        result = evaluate(policy, world=args.world, users=args.users, days=args.days, seed=args.seed,
+                          progress=not args.no_progress)
+    except TypeError as err:  # not a policy
+        raise CliError(f"--policy {args.policy}: {err}") from None
+    if args.policy:
+        result["policy"] = args.policy
+    print_metrics_table(result, title=f"rlur eval {args.checkpoint or args.policy}")
     atomic_write_json(result, out)
     print(f"wrote {out}")
     return 0
