@@ -8,6 +8,9 @@ Design notes:
 * Bodies are read raw and validated with ``Model.model_validate_json`` (pydantic-core parses and
   validates in one pass; no intermediate ``dict``); the request models are still published in the
   OpenAPI schema. Any validation failure, malformed JSON included, is a 422 naming the field.
+* Work per request is bounded (:mod:`rlur.serving.bodies`): ``application/json`` only (415), a body
+  cap per endpoint checked on ``Content-Length`` before reading and while reading (413), and bodies
+  above 256 KiB validated in a child process, so a large body never stalls the event loop.
 * Ranking runs inline in the event loop: it is short CPU work (one forward pass, one matmul) and a
   thread hop per request would cost more than it saves on a 2-core box.
 * The policy lives in one attribute that a reload replaces: a handler reads it once, so in-flight
@@ -37,23 +40,27 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 
+from rlur.serving.bodies import DEFAULT_OFFLOAD_BYTES, BodyValidator, default_body_caps, is_json, read_capped
 from rlur.serving.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from rlur.serving.ranker import Ranker, RankOutput, checkpoint_file
 from rlur.serving.request_log import LogBatch, RequestLogWriter
 from rlur.serving.schemas import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_CANDIDATES,
+    HealthResponse,
     MessageResponse,
+    NotReadyResponse,
     RankBatchRequest,
     RankBatchResponse,
     RankInput,
     RankRequest,
     RankResponse,
+    ReadyResponse,
     ReloadResponse,
     ValidationErrorResponse,
+    apply_limits,
 )
 
 __all__ = ["ServerState", "ServingConfig", "app_from_env", "config_to_env", "create_app"]
@@ -64,8 +71,6 @@ ENDPOINTS = (
     "/v1/rank", "/v1/rank:batch", "/healthz", "/readyz", "/metrics", "/admin/reload", "/openapi.json",
     "/docs",
 )
-MAX_ERRORS = 20
-
 
 @dataclass
 class ServingConfig:
@@ -77,12 +82,19 @@ class ServingConfig:
     log_candidates: bool = False
     max_candidates: int = DEFAULT_MAX_CANDIDATES
     max_batch: int = DEFAULT_MAX_BATCH
-    max_body_bytes: int = 256 * 2**20
+    max_body: dict[str, int] | None = None
+    """Body caps by endpoint path, overriding :func:`~rlur.serving.bodies.default_body_caps`."""
+    offload_bytes: int | None = DEFAULT_OFFLOAD_BYTES
+    """Bodies larger than this are validated in a child process (``None``: always inline)."""
     watch: bool = False
     watch_interval: float = 2.0
     admin_token: str | None = None
     seed: int | None = None
     workers: int = 1
+
+    def body_caps(self) -> dict[str, int]:
+        """Body cap per endpoint path: the defaults for ``max_candidates``, then ``max_body``."""
+        return {**default_body_caps(self.max_candidates), **(self.max_body or {})}
 
     @property
     def checkpoint_file(self) -> Path:
@@ -121,6 +133,8 @@ class ServerState:
         self.load_error: str | None = None
         self.log: RequestLogWriter | None = None
         self.context = {"max_candidates": config.max_candidates, "max_batch": config.max_batch}
+        self.body_caps = config.body_caps()
+        self.validator = BodyValidator(self.context, config.offload_bytes)
         self._reload_lock = asyncio.Lock()
         self._stamp: tuple[int, int, int] | None = None
         self._failed_stamp: tuple[int, int, int] | None = None
@@ -231,40 +245,16 @@ def _json(obj: Any, status: int = 200) -> Response:
     return Response(content=pydantic_core.to_json(obj), status_code=status, media_type="application/json")
 
 
-def _invalid(err: ValidationError) -> Response:
-    errors = err.errors(include_url=False, include_context=False, include_input=False)
-    detail: list[dict[str, Any]] = [
-        {"type": e["type"], "loc": ["body", *e["loc"]], "msg": e["msg"]} for e in errors[:MAX_ERRORS]
-    ]
-    if len(errors) > MAX_ERRORS:
-        more = f"{len(errors) - MAX_ERRORS} more errors"
-        detail.append({"type": "too_many_errors", "loc": ["body"], "msg": more})
-    return _json({"detail": detail}, 422)
-
-
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or ``None`` when it exceeds ``limit`` bytes."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        return None
-    chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _body_schema(model: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}}
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"model": MessageResponse, "description": "Body larger than the configured maximum"},
+    413: {"model": MessageResponse, "description": "Body larger than this endpoint's cap (`rlur serve --max-body`)"},
+    415: {"model": MessageResponse, "description": "Content-Type is not application/json"},
     422: {"model": ValidationErrorResponse, "description": "Invalid request; `loc` names the field"},
-    503: {"model": MessageResponse, "description": "No policy loaded yet"},
+    503: {"model": MessageResponse, "description": "No policy loaded yet, or the validation process restarted"},
 }
 
 
@@ -272,8 +262,8 @@ def _st(request: Request) -> ServerState:
     return request.app.state.rlur
 
 
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz() -> Response:
+    return _json({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
@@ -291,22 +281,24 @@ async def metrics(request: Request) -> Response:
 
 async def _serve(request: Request, batch: bool) -> Response:
     state = _st(request)
+    endpoint = "/v1/rank:batch" if batch else "/v1/rank"
+    if not is_json(request.headers.get("content-type")):
+        return _json({"detail": "Content-Type must be application/json"}, 415)
+    cap = state.body_caps[endpoint]
     ranker = state.ranker  # read once: a concurrent reload never changes the policy under this request
     if ranker is None:
         return _json({"detail": "no policy loaded yet"}, 503)
-    body = await _read_body(request, state.config.max_body_bytes)
+    body = await read_capped(request, cap)
     if body is None:
-        return _json({"detail": f"request body larger than {state.config.max_body_bytes} bytes"}, 413)
+        return _json({"detail": f"request body larger than {cap} bytes, the cap of {endpoint}"}, 413)
     try:
-        if batch:
-            reqs = RankBatchRequest.model_validate_json(body, context=state.context).requests
-        else:
-            reqs = [RankRequest.model_validate_json(body, context=state.context)]
-    except ValidationError as err:
-        return _invalid(err)
-    inputs = [r.to_input() for r in reqs]
+        inputs, detail = await state.validator.validate(body, batch)
+    except RuntimeError as err:
+        return _json({"detail": str(err)}, 503)
+    if inputs is None:
+        return _json({"detail": detail}, 422)
     out = ranker.rank(inputs, state.generator)
-    results = state.finish(ranker, inputs, out, "/v1/rank:batch" if batch else "/v1/rank")
+    results = state.finish(ranker, inputs, out, endpoint)
     if batch:
         return _json({"results": results, "policy_version": ranker.version})
     return _json(results[0])
@@ -335,16 +327,30 @@ async def admin_reload(request: Request) -> Response:
     return _json(result)
 
 
+class _MetricsText(Response):
+    media_type = CONTENT_TYPE
+
+
+def _admin_security(app: FastAPI) -> dict[str, Any]:
+    """The X-Admin-Token requirement, stated in the schema only when a token is configured."""
+    return {"security": [{"AdminToken": []}]} if app.state.rlur.config.admin_token is not None else {}
+
+
 def _add_routes(app: FastAPI) -> None:
     get, post = ["GET"], ["POST"]
-    app.add_api_route("/healthz", healthz, methods=get, summary="Liveness: the process answers")
+    app.add_api_route(
+        "/healthz", healthz, methods=get, summary="Liveness: the process answers", response_model=HealthResponse,
+    )
     app.add_api_route(
         "/readyz", readyz, methods=get, summary="Readiness: 200 once a policy is loaded, else 503",
-        responses={503: {"description": "No policy loaded yet"}},
+        response_model=ReadyResponse,
+        responses={503: {"model": NotReadyResponse, "description": "No policy loaded yet"}},
     )
     app.add_api_route(
         "/metrics", metrics, methods=get, summary="Prometheus metrics (text format 0.0.4)",
-        responses={200: {"content": {"text/plain": {}}}},
+        response_class=_MetricsText,
+        responses={200: {"description": "Prometheus text exposition format 0.0.4",
+                         "content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
     )
     app.add_api_route(
         "/v1/rank", rank, methods=post, summary="Rank one request's candidates", response_model=RankResponse,
@@ -356,7 +362,7 @@ def _add_routes(app: FastAPI) -> None:
     )
     app.add_api_route(
         "/admin/reload", admin_reload, methods=post, summary="Reload the checkpoint and swap the policy",
-        response_model=ReloadResponse, responses={
+        response_model=ReloadResponse, openapi_extra=_admin_security(app), responses={
             403: {"model": MessageResponse, "description": "Missing or wrong X-Admin-Token"},
             409: {"model": MessageResponse, "description": "The checkpoint failed to load; old policy kept"},
         },
@@ -390,6 +396,7 @@ def create_app(config: ServingConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.open_log()
+        state.validator.start()
         tasks = []
         if config.workers > 1:
             # Accept only once the policy is loaded: the workers share one socket, so a worker still
@@ -406,6 +413,7 @@ def create_app(config: ServingConfig) -> FastAPI:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            state.validator.close()
             state.close_log()
 
     app = FastAPI(
@@ -428,7 +436,13 @@ def create_app(config: ServingConfig) -> FastAPI:
                 [(RankRequest, "validation"), (RankBatchRequest, "validation")],
                 ref_template="#/components/schemas/{model}",
             )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(defs.get("$defs", {}))
+            apply_limits(components["schemas"], config.max_candidates, config.max_batch)
+            if config.admin_token is not None:
+                components["securitySchemes"] = {
+                    "AdminToken": {"type": "apiKey", "in": "header", "name": "X-Admin-Token"},
+                }
             app.openapi_schema = schema
         return app.openapi_schema
 

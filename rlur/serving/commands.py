@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -26,6 +27,29 @@ def _port(text: str) -> int:
     return value
 
 
+def _max_body(text: str) -> tuple[str, int]:
+    """``ENDPOINT=SIZE`` (ENDPOINT ``rank`` or ``batch``) → (endpoint path, bytes)."""
+    from rlur.serving.bodies import BODY_ENDPOINTS, parse_size
+
+    name, sep, size = text.partition("=")
+    if not sep or name not in BODY_ENDPOINTS:
+        raise argparse.ArgumentTypeError(f"expected rank=SIZE or batch=SIZE, got {text!r}")
+    try:
+        return BODY_ENDPOINTS[name], parse_size(size)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address (an unresolved name counts as exposed)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="serve a checkpoint's policy over HTTP (FastAPI + uvicorn)",
@@ -45,8 +69,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seconds between checkpoint polls with --watch (default: 2)")
     add("--max-candidates", type=positive_int, default=1000, help="most candidates per request (1000)")
     add("--max-batch", type=positive_int, default=1024, help="most requests per /v1/rank:batch (1024)")
+    add("--max-body", type=_max_body, action="append", default=[], metavar="ENDPOINT=SIZE",
+        help="body cap of rank (/v1/rank) or batch (/v1/rank:batch), e.g. batch=128MiB; repeatable "
+        "(defaults: rank the longest valid request, 384 KiB at 1000 candidates; batch 64 MiB)")
     add("--admin-token", default=os.environ.get("RLUR_ADMIN_TOKEN"),
-        help="require this X-Admin-Token on POST /admin/reload (default: $RLUR_ADMIN_TOKEN, else none)")
+        help="require this X-Admin-Token on POST /admin/reload (default: $RLUR_ADMIN_TOKEN, else none; "
+        "required with a non-loopback --host)")
+    add("--insecure-admin", action="store_true",
+        help="allow a non-loopback --host without --admin-token (anyone who reaches the port can reload)")
     add("--seed", type=int, help="seed of the server's action noise for unseeded requests")
     add("--workers", type=positive_int, default=1,
         help="server processes sharing the port (default: 1). With more than one, each worker watches "
@@ -86,6 +116,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from rlur.serving.app import CONFIG_ENV, ServingConfig, config_to_env, create_app
     from rlur.serving.ranker import Ranker
 
+    _check_admin(args)
     _checkpoint(args.checkpoint)
     Ranker.from_checkpoint(args.checkpoint)  # fail now, with a one-line error, on a bad checkpoint
     config = ServingConfig(
@@ -93,7 +124,7 @@ def run_serve(args: argparse.Namespace) -> int:
         log_candidates=args.log_candidates, max_candidates=args.max_candidates, max_batch=args.max_batch,
         # Several workers: /admin/reload reaches one of them, so every worker also watches the file.
         watch=args.watch or args.workers > 1, watch_interval=args.watch_interval, admin_token=args.admin_token,
-        seed=args.seed, workers=args.workers,
+        seed=args.seed, workers=args.workers, max_body=dict(args.max_body) or None,
     )
     log_path = config.resolved_log_path()
     if log_path is not None:
@@ -115,6 +146,17 @@ def run_serve(args: argparse.Namespace) -> int:
         os.environ[CONFIG_ENV] = config_to_env(config, args.torch_threads)
         _run_workers(uvicorn.Config("rlur.serving.app:app_from_env", factory=True, workers=args.workers, **common))
     return 0
+
+
+def _check_admin(args: argparse.Namespace) -> None:
+    """Refuse an empty token, and a non-loopback bind without a token unless ``--insecure-admin``."""
+    if args.admin_token is not None and not args.admin_token:
+        raise CliError("--admin-token (or $RLUR_ADMIN_TOKEN) is empty")
+    if args.admin_token is None and not args.insecure_admin and not is_loopback(args.host):
+        raise CliError(
+            f"refusing to listen on {args.host} with POST /admin/reload open to anyone: give --admin-token "
+            "(or $RLUR_ADMIN_TOKEN), or --insecure-admin to accept that"
+        )
 
 
 def _run_workers(config: uvicorn.Config) -> None:

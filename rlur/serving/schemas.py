@@ -15,6 +15,13 @@ Numeric checks (finite, bounded, shapes) run on numpy arrays, never per candidat
 validated arrays are kept on the model and handed to the ranker through :meth:`RankRequest.to_input`.
 Limits that a server configures (``max_candidates``, ``max_batch``) come in the validation
 ``context``; without one the defaults below apply.
+
+The JSON Schema of each model states every rule the validators enforce that JSON Schema can state
+(``oneOf`` over the three forms, item counts, bounds, ``uniqueItems``, string patterns), so a client
+generated from it, or a fuzzer, sends nothing valid that the server refuses. Three rules relate
+fields to each other and are only described (``x-rlur-rules``): the score rows number as many as
+``candidate_ids``; the ``id``s of ``candidates`` are distinct; the ``request_id``s of a batch are
+distinct. ``rlur.serving.schemathesis_hooks`` applies them to generated requests.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -39,35 +47,58 @@ from rlur.sim.world import GROUPS, SCORE_NAMES
 __all__ = [
     "DEFAULT_MAX_BATCH",
     "DEFAULT_MAX_CANDIDATES",
+    "INT64_MAX",
+    "INT64_MIN",
     "MAX_ABS_SCORE",
     "MAX_ABS_STATE",
     "SLATE_SIZE",
     "Candidate",
     "ErrorDetail",
+    "HealthResponse",
     "MessageResponse",
+    "NotReadyResponse",
     "RankBatchRequest",
     "RankBatchResponse",
     "RankInput",
     "RankRequest",
     "RankResponse",
+    "ReadyResponse",
     "ReloadResponse",
     "ValidationErrorResponse",
+    "apply_limits",
 ]
 
 #: Number of candidates shown per request (the slate); a request must bring at least this many.
 SLATE_SIZE = 6
 DEFAULT_MAX_CANDIDATES = 1000
 DEFAULT_MAX_BATCH = 1024
-#: Bounds that keep the float32 fusion score and the actor's forward pass finite.
-MAX_ABS_SCORE = 1e15
+#: Scores must lie strictly inside ±2^50 (≈ 1.1e15): the float32 fusion score stays finite, and in
+#: ``scores_hex`` the bound is a pattern on each float's exponent bits (see :data:`HEX_FLOAT`).
+MAX_ABS_SCORE = 2.0**50
+#: States must lie within ±1e6 (inclusive): the actor's forward pass stays finite.
 MAX_ABS_STATE = 1e6
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: Text without control characters (Unicode category Cc: U+0000–U+001F, U+007F–U+009F).
+NO_CONTROL_CHARS = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
 
 K = len(SCORE_NAMES)
+#: One little-endian float32 in hex with magnitude below 2^50 (biased exponent at most 176): the
+#: sign/exponent byte comes last, and at exponent 176/177 the boundary is the top bit of byte 2.
+HEX_FLOAT = (
+    "[0-9a-fA-F]{4}(?:[0-9a-fA-F]{2}(?:[0-48-9a-cA-C][0-9a-fA-F]|[5dD][0-7])|[0-7][0-9a-fA-F][5dD]8)"
+)
+
 GroupName = Literal[GROUPS]  # type: ignore[valid-type]
-# No int64 bound on integer ids: a range check per id doubles the cost of validating the id list.
-CandidateId = int | Annotated[str, Field(min_length=1, max_length=256)]
-UserId = Annotated[int, Field(ge=-(2**63), lt=2**63)] | Annotated[str, Field(max_length=256)]
-ScoreRow = Annotated[list[float], Field(min_length=K, max_length=K)]
+#: The one candidate id type: a JSON integer within int64.
+CandidateId = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+UserId = Int64 | Annotated[str, Field(max_length=256, pattern=NO_CONTROL_CHARS)]
+# Bounds and finiteness of floats are checked on whole arrays (numpy); the schema states them per item.
+Score = Annotated[float, WithJsonSchema(
+    {"type": "number", "exclusiveMinimum": -MAX_ABS_SCORE, "exclusiveMaximum": MAX_ABS_SCORE}
+)]
+StateValue = Annotated[float, WithJsonSchema({"type": "number", "minimum": -MAX_ABS_STATE, "maximum": MAX_ABS_STATE})]
+ScoreRow = Annotated[list[Score], Field(min_length=K, max_length=K)]
 
 _STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 
@@ -93,23 +124,21 @@ def _check_ids(ids: list[Any], name: str, info: ValidationInfo) -> None:
 
 
 def _check_scores(arr: np.ndarray, name: str) -> np.ndarray:
-    """``arr`` (C, k) float32: finite and ``|x| ≤ MAX_ABS_SCORE``."""
-    if arr.size and not (arr.min() >= -MAX_ABS_SCORE and arr.max() <= MAX_ABS_SCORE):  # NaN fails too
-        bad = ~(np.abs(arr) <= MAX_ABS_SCORE)
+    """``arr`` (C, k) as float32, after checking (in its own precision) ``|x| < MAX_ABS_SCORE``."""
+    if arr.size and not (arr.min() > -MAX_ABS_SCORE and arr.max() < MAX_ABS_SCORE):  # NaN fails too
+        bad = ~(np.abs(arr) < MAX_ABS_SCORE)
         row, col = (int(v) for v in np.argwhere(bad)[0])
-        raise ValueError(
-            f"{name}[{row}] ({SCORE_NAMES[col]}) must be finite with magnitude at most {MAX_ABS_SCORE:g}"
-        )
-    return arr
+        raise ValueError(f"{name}[{row}] ({SCORE_NAMES[col]}) must be finite with magnitude below 2^50")
+    return arr.astype(np.float32, copy=False)
 
 
-def _to_f32(values: Any) -> np.ndarray:
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.asarray(values, dtype=np.float32)
+def _to_f64(values: Any) -> np.ndarray:
+    """JSON numbers as float64: the bound is checked before rounding to float32."""
+    return np.asarray(values, dtype=np.float64)
 
 
 #: The k scores by name: every name required, no other key (pydantic-core checks it, without Python).
-NamedScores = TypedDict("NamedScores", dict.fromkeys(SCORE_NAMES, float))  # type: ignore[misc]
+NamedScores = TypedDict("NamedScores", dict.fromkeys(SCORE_NAMES, Score))  # type: ignore[misc]
 NamedScores.__pydantic_config__ = _STRICT  # type: ignore[attr-defined]
 
 
@@ -118,7 +147,7 @@ class Candidate(BaseModel):
 
     model_config = _STRICT
 
-    id: CandidateId = Field(description="candidate id: an integer or a string of 1..256 characters")
+    id: CandidateId = Field(description="candidate id: an integer within int64, distinct within the request")
     scores: NamedScores | ScoreRow = Field(
         description=f"the k={K} predicted scores: an object keyed by score name ({', '.join(SCORE_NAMES)}), "
         "or a list of the k values in that order",
@@ -148,6 +177,35 @@ class RankInput:
     request_id: str | None = None
 
 
+_FORMS = ("candidates", "candidate_ids", "scores", "scores_hex")
+
+
+def _only(*present: str) -> dict[str, Any]:
+    """JSON Schema: these form fields present, the other form fields absent."""
+    absent = [{"required": [f]} for f in _FORMS if f not in present]
+    return {"required": list(present), "not": {"anyOf": absent}}
+
+
+def hex_pattern(max_candidates: int) -> str:
+    """The ``scores_hex`` pattern: ``SLATE_SIZE`` to ``max_candidates`` rows of k bounded float32."""
+    return f"^(?:(?:{HEX_FLOAT}){{{K}}}){{{SLATE_SIZE},{max_candidates}}}$"
+
+
+def _request_schema(schema: dict[str, Any]) -> None:
+    """The candidate forms as ``oneOf``; the form fields may be absent but never ``null``."""
+    for name in _FORMS:
+        schema["properties"][name].pop("default", None)
+    schema["oneOf"] = [_only("candidates"), _only("candidate_ids", "scores"), _only("candidate_ids", "scores_hex")]
+    schema["x-rlur-rules"] = [
+        "'scores' has one row, and 'scores_hex' 32 bytes (64 hex digits), per 'candidate_ids' entry",
+        "the 'id's of 'candidates' are distinct",
+    ]
+
+
+def _count(max_items: int) -> dict[str, Any]:
+    return {"minItems": SLATE_SIZE, "maxItems": max_items}
+
+
 class RankRequest(BaseModel):
     """One ranking request: the user's state and group, and the candidates to rank.
 
@@ -158,34 +216,45 @@ class RankRequest(BaseModel):
 
     model_config = ConfigDict(
         strict=True, allow_inf_nan=False, extra="forbid",
-        json_schema_extra={"examples": [{
+        json_schema_extra=lambda schema: (_request_schema(schema), schema.update(examples=[{
             "state": [0.0] * OBS_DIM, "group": "high", "deterministic": False, "user_id": "u42", "seed": 7,
             "candidates": [{"id": j, "scores": dict.fromkeys(SCORE_NAMES, 0.1)} for j in range(6)],
-        }]},
+        }]))[0],
     )
 
-    state: Annotated[list[float], Field(min_length=OBS_DIM, max_length=OBS_DIM)] = Field(
-        description=f"the user state: {OBS_DIM} finite floats laid out as rlur.sim.env.OBS_FIELDS",
+    state: Annotated[list[StateValue], Field(min_length=OBS_DIM, max_length=OBS_DIM)] = Field(
+        description=f"the user state: {OBS_DIM} floats within ±{MAX_ABS_STATE:g}, laid out as "
+        "rlur.sim.env.OBS_FIELDS",
     )
     group: GroupName = Field(description=f"the user's activity group, one of {list(GROUPS)}")
-    candidates: list[Candidate] | None = Field(
-        None, description="candidates as objects (give this, or candidate_ids with scores or scores_hex)",
+    candidates: list[Candidate] = Field(
+        None, description="candidates as objects with distinct ids (give this, or candidate_ids with scores "
+        "or scores_hex)", json_schema_extra=_count(DEFAULT_MAX_CANDIDATES),
     )
-    candidate_ids: list[CandidateId] | None = Field(None, description="candidate ids (columnar forms)")
-    scores: list[ScoreRow] | None = Field(
+    candidate_ids: list[CandidateId] = Field(
+        None, description="distinct candidate ids (columnar forms)",
+        json_schema_extra={**_count(DEFAULT_MAX_CANDIDATES), "uniqueItems": True},
+    )
+    scores: list[ScoreRow] = Field(
         None, description=f"C × {K} scores in SCORE_NAMES order, one row per candidate_ids entry",
+        json_schema_extra=_count(DEFAULT_MAX_CANDIDATES),
     )
-    scores_hex: str | None = Field(
+    scores_hex: str = Field(
         None, description=f"C × {K} scores as hex of little-endian float32, row-major, SCORE_NAMES order "
-        "(numpy: scores.astype('<f4').tobytes().hex())",
+        "(numpy: scores.astype('<f4').tobytes().hex()); each magnitude below 2^50",
+        json_schema_extra={"pattern": hex_pattern(DEFAULT_MAX_CANDIDATES)},
     )
     deterministic: bool = Field(False, description="serve a = μ instead of sampling a ~ N(μ, σ)")
-    user_id: UserId | None = Field(None, description="opaque user id, written to the request log")
+    user_id: UserId | None = Field(
+        None, description="opaque user id (an int64, or up to 256 characters without control characters), "
+        "written to the request log",
+    )
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = Field(
         None, description="seed of this request's action noise (same seed and policy → same ranking)",
     )
-    request_id: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
-        None, description="client-chosen request id (default: a server-generated UUID)",
+    request_id: Annotated[str, Field(min_length=1, max_length=128, pattern=NO_CONTROL_CHARS)] | None = Field(
+        None, description="client-chosen request id, without control characters (default: a server-generated "
+        "UUID); distinct within a batch",
     )
 
     @field_validator("state")
@@ -199,35 +268,33 @@ class RankRequest(BaseModel):
 
     @field_validator("candidates")
     @classmethod
-    def _candidates_ok(cls, v: list[Candidate] | None, info: ValidationInfo) -> list[Candidate] | None:
-        if v is not None:
-            _check_ids([c.id for c in v], "candidates", info)
+    def _candidates_ok(cls, v: list[Candidate], info: ValidationInfo) -> list[Candidate]:
+        _check_ids([c.id for c in v], "candidates", info)
         return v
 
     @field_validator("candidate_ids")
     @classmethod
-    def _ids_ok(cls, v: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
-        if v is not None:
-            _check_ids(v, "candidate_ids", info)
+    def _ids_ok(cls, v: list[int], info: ValidationInfo) -> list[int]:
+        _check_ids(v, "candidate_ids", info)
         return v
 
     @field_validator("scores")
     @classmethod
-    def _scores_array(cls, v: list[list[float]] | None) -> np.ndarray | None:
-        return None if v is None else _check_scores(_to_f32(v).reshape(-1, K), "scores")
+    def _scores_array(cls, v: list[list[float]]) -> np.ndarray:
+        return _check_scores(_to_f64(v).reshape(-1, K), "scores")
 
     @field_validator("scores_hex")
     @classmethod
-    def _hex_array(cls, v: str | None) -> np.ndarray | None:
-        if v is None:
-            return v
+    def _hex_array(cls, v: str) -> np.ndarray:
         try:
             raw = bytes.fromhex(v)
         except ValueError:
             raise ValueError("scores_hex is not a hexadecimal string") from None
+        if 2 * len(raw) != len(v):  # bytes.fromhex skips whitespace; the pattern allows none
+            raise ValueError("scores_hex is not a hexadecimal string (no spaces allowed)")
         if len(raw) % (4 * K):
             raise ValueError(f"scores_hex must hold a multiple of {4 * K} bytes (rows of {K} float32)")
-        return _check_scores(np.frombuffer(raw, dtype="<f4").reshape(-1, K).astype(np.float32), "scores_hex")
+        return _check_scores(np.frombuffer(raw, dtype="<f4").reshape(-1, K), "scores_hex")
 
     @model_validator(mode="after")
     def _arrays(self) -> RankRequest:
@@ -238,14 +305,14 @@ class RankRequest(BaseModel):
             if self.scores is not None or self.scores_hex is not None:
                 raise ValueError("'scores'/'scores_hex' go with 'candidate_ids', not with 'candidates'")
             d["candidate_ids"] = [c.id for c in self.candidates]
-            d["scores"] = _check_scores(_to_f32([c.row() for c in self.candidates]), "candidates")
+            d["scores"] = _check_scores(_to_f64([c.row() for c in self.candidates]), "candidates")
             return self
         if (self.scores is None) == (self.scores_hex is None):
             raise ValueError("'candidate_ids' needs exactly one of 'scores' or 'scores_hex'")
         name = "scores" if self.scores is not None else "scores_hex"
         scores: np.ndarray = d[name]
-        if scores.shape[0] != len(self.candidate_ids):  # type: ignore[arg-type]
-            n = len(self.candidate_ids)  # type: ignore[arg-type]
+        if scores.shape[0] != len(self.candidate_ids):
+            n = len(self.candidate_ids)
             raise ValueError(f"'{name}' has {scores.shape[0]} rows but 'candidate_ids' has {n}")
         d["scores"] = scores
         return self
@@ -261,9 +328,15 @@ class RankRequest(BaseModel):
 class RankBatchRequest(BaseModel):
     """Many ranking requests served in one call (one forward pass, one vectorised scoring)."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(
+        strict=True, extra="forbid",
+        json_schema_extra={"x-rlur-rules": ["the 'request_id's given in 'requests' are distinct"]},
+    )
 
-    requests: list[RankRequest] = Field(description="the requests, each exactly as for /v1/rank")
+    requests: list[RankRequest] = Field(
+        description="the requests, each exactly as for /v1/rank",
+        json_schema_extra={"minItems": 1, "maxItems": DEFAULT_MAX_BATCH},
+    )
 
     @field_validator("requests")
     @classmethod
@@ -271,8 +344,24 @@ class RankBatchRequest(BaseModel):
         most = _limit(info, "max_batch", DEFAULT_MAX_BATCH)
         if not 1 <= len(v) <= most:
             raise ValueError(f"requests must hold 1 to {most} requests, got {len(v)}")
+        rids = [r.request_id for r in v if r.request_id is not None]
+        if len(set(rids)) != len(rids):
+            first: dict[str, int] = {}
+            for i, r in enumerate(v):
+                if r.request_id is not None and first.setdefault(r.request_id, i) != i:
+                    raise ValueError(
+                        f"duplicate request_id {r.request_id!r} (requests {first[r.request_id]} and {i})"
+                    )
         return v
 
+
+def apply_limits(schemas: dict[str, Any], max_candidates: int, max_batch: int) -> None:
+    """Write a server's configured limits into the component schemas (``RankRequest``, ``RankBatchRequest``)."""
+    props = schemas["RankRequest"]["properties"]
+    for name in ("candidates", "candidate_ids", "scores"):
+        props[name]["maxItems"] = max_candidates
+    props["scores_hex"]["pattern"] = hex_pattern(max_candidates)
+    schemas["RankBatchRequest"]["properties"]["requests"]["maxItems"] = max_batch
 
 class RankResponse(BaseModel):
     """What was served: the slate, and the behaviour policy's action and density (for training)."""
@@ -319,3 +408,28 @@ class MessageResponse(BaseModel):
     """Body of a 403, 409, 413 or 503 response."""
 
     detail: str
+
+
+class HealthResponse(BaseModel):
+    """Body of ``GET /healthz``."""
+
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    """Body of ``GET /readyz`` once a policy is loaded (200)."""
+
+    ready: Literal[True]
+    policy_version: str
+    algo: str
+    sha256: str
+    source: str
+    policy_type: str
+    weight_max: float
+
+
+class NotReadyResponse(BaseModel):
+    """Body of ``GET /readyz`` before a policy is loaded (503); ``error`` says why the last load failed."""
+
+    ready: Literal[False]
+    error: str | None
