@@ -8,7 +8,15 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["EnsembleMLP", "GaussianActor", "GroupedMLP", "QCritic", "gaussian_log_prob", "mlp", "polyak_update"]
+__all__ = [
+    "EnsembleMLP", "GaussianActor", "GroupedMLP", "QCritic", "adam", "gaussian_log_prob", "mlp", "polyak_update",
+]
+
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Adam with its fused kernel: one pass over each tensor per step instead of a dozen small ops.
+    The same update rule; its roundings differ from the per-tensor loop's in the last bit."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
 
 def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...] = (128, 128)) -> nn.Sequential:
     """A plain ReLU MLP."""
@@ -49,12 +57,36 @@ class EnsembleMLP(nn.Module):
                 x = torch.relu(x)
         return x
 
+    def member(self, x: torch.Tensor, m: int) -> torch.Tensor:
+        """Member ``m`` alone: ``x (B, in) → (B, out)``, what ``forward(x)[m]`` computes."""
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = torch.addmm(b[m], x, w[m])
+            if i < last:
+                x = torch.relu(x)
+        return x
+
+    def per_row(self, x: torch.Tensor, group: torch.Tensor, members: list[int]) -> torch.Tensor:
+        """Row ``r`` through member ``members[group[r]]`` only: ``x (B, in) → (B, out)``.
+
+        The rows are sorted by group and each member runs on its own group's rows (a loop over the
+        few groups, never over users): what ``forward(x)[members[group], arange(B)]`` computes,
+        without running every member on every row.
+        """
+        order = torch.argsort(group, stable=True)
+        counts = torch.bincount(group, minlength=len(members)).tolist()
+        parts = [self.member(rows, members[g]) for g, rows in enumerate(x[order].split(counts)) if counts[g]]
+        position = torch.empty_like(order)
+        position[order] = torch.arange(order.numel())
+        return torch.cat(parts)[position]
+
 
 class GroupedMLP(nn.Module):
     """One MLP per activity group (``n_groups=1``: a single shared MLP).
 
-    Every group's net runs on the whole batch in one batched matmul and each row keeps its own
-    group's output: no loop over users, and no per-group masking on the hot path.
+    The rows are sorted by group and each group's net runs on its own rows only (a loop over the
+    few groups, never over users): a quarter of the FLOPs of running every net on the whole batch
+    with 4 groups, and the same values.
     """
 
     def __init__(self, in_dim: int, out_dim: int, n_groups: int = 1, hidden: tuple[int, ...] = (128, 128)):
@@ -64,12 +96,11 @@ class GroupedMLP(nn.Module):
         self.nets = EnsembleMLP(n_groups, in_dim, out_dim, hidden)
 
     def forward(self, x: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.nets(x)  # (G, B, out)
         if self.n_groups == 1:
-            return out[0]
+            return self.nets(x)[0]
         if group is None:
             raise ValueError("a grouped network needs the users' groups")
-        return out[group, torch.arange(x.shape[0])]
+        return self.nets.per_row(x, group, list(range(self.n_groups)))
 
 
 class GaussianActor(nn.Module):
@@ -132,9 +163,22 @@ class QCritic(nn.Module):
         q = q.view(self.n_groups, 2, -1)[group, :, torch.arange(obs.shape[0])]  # (B, 2)
         return q[:, 0], q[:, 1]
 
+    def q1(self, obs: torch.Tensor, action: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
+        """``Q_1(s, a)`` alone (the first of ``forward``'s twins), at half the cost: what the actor's
+        loss uses (TD3)."""
+        x = torch.cat((obs, action), dim=-1)
+        if self.n_groups == 1:
+            return self.twins.member(x, 0).squeeze(-1)
+        if group is None:
+            raise ValueError("a grouped critic needs the users' groups")
+        return self.twins.per_row(x, group, list(range(0, 2 * self.n_groups, 2))).squeeze(-1)
+
 
 @torch.no_grad()
 def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """``θ' ← (1 − τ) θ' + τ θ`` (soft target update)."""
-    for t, s in zip(target.parameters(), source.parameters(), strict=True):
-        t.mul_(1 - tau).add_(s, alpha=tau)
+    targets, sources = list(target.parameters()), list(source.parameters())
+    if len(targets) != len(sources):
+        raise ValueError("target and source differ in their parameters")
+    torch._foreach_mul_(targets, 1 - tau)  # the same two roundings per element as t.mul_(1 − τ).add_(s, alpha=τ)
+    torch._foreach_add_(targets, sources, alpha=tau)

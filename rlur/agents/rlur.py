@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlur.agents.fixed import candidate_weightings
-from rlur.agents.networks import GaussianActor, QCritic, gaussian_log_prob, mlp, polyak_update
+from rlur.agents.networks import GaussianActor, QCritic, adam, gaussian_log_prob, mlp, polyak_update
 from rlur.agents.policy import GaussianPolicy
 from rlur.training.buffer import Batch
 
@@ -280,21 +280,21 @@ class RLURAgent:
         critic_groups = n_groups if cfg.group_critics else 1
         self.critic_t = QCritic(obs_dim, k, cfg.hidden, critic_groups)
         self.critic_t_target = copy.deepcopy(self.critic_t)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr)
         critic_params = list(self.critic_t.parameters())
         if cfg.immediate:
             self.critic_i = QCritic(obs_dim, k, cfg.hidden, critic_groups)
             self.critic_i_target = copy.deepcopy(self.critic_i)
             critic_params += list(self.critic_i.parameters())
-        self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr)
+        self.critic_opt = adam(critic_params, cfg.critic_lr)
         if cfg.immediate and cfg.rnd:
             self.rnd_target = mlp(obs_dim, 32, (64,)).requires_grad_(False)
             self.rnd_predictor = mlp(obs_dim, 32, (64,))
-            self.rnd_opt = torch.optim.Adam(self.rnd_predictor.parameters(), lr=1e-3)
+            self.rnd_opt = adam(self.rnd_predictor.parameters(), 1e-3)
             self.rnd_scale = torch.ones(())  # running mean of the RND error
         if cfg.normalise:
             self.classifier = mlp(obs_dim, 1, (64, 64))
-            self.classifier_opt = torch.optim.Adam(self.classifier.parameters(), lr=1e-3)
+            self.classifier_opt = adam(self.classifier.parameters(), 1e-3)
         #: The pure weightings the candidate options explore and pull towards (``RLURConfig``).
         self.candidates = candidate_weightings(k)
         self.recent_returns = torch.zeros(20_000)
@@ -400,9 +400,9 @@ class RLURAgent:
     ) -> torch.Tensor:
         """``β_T Q_T(s, a) + β_I Q_I(s, a)`` (first twins): what the actor maximises (§3.2)."""
         cfg = self.config
-        value = cfg.beta_retention * self.critic_t(obs, action, group)[0]
+        value = cfg.beta_retention * self.critic_t.q1(obs, action, group)
         if cfg.immediate:
-            value = value + cfg.beta_immediate * self.critic_i(obs, action, group)[0]
+            value = value + cfg.beta_immediate * self.critic_i.q1(obs, action, group)
         return value
 
     def update_actor(self, batch: Batch) -> dict[str, float]:
@@ -428,7 +428,8 @@ class RLURAgent:
         else:
             loss = per_sample.mean()
         self.actor_opt.zero_grad()
-        loss.backward()
+        # Gradients for the actor only: the critics' would be discarded before their next step.
+        loss.backward(inputs=list(self.actor.parameters()))
         self.actor_opt.step()
         stats["train/actor_loss"] = loss.item()
         return stats

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlur.agents.networks import GaussianActor, QCritic, polyak_update
+from rlur.agents.networks import GaussianActor, QCritic, adam, polyak_update
 from rlur.agents.policy import GaussianPolicy
 from rlur.training.buffer import Batch
 
@@ -47,8 +47,8 @@ class TD3Agent:
         self.actor_target = copy.deepcopy(self.actor)
         self.critic = QCritic(obs_dim, k, cfg.hidden)
         self.critic_target = copy.deepcopy(self.critic)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_opt = adam(self.critic.parameters(), cfg.critic_lr)
         self.updates = 0
 
     def update(self, batch: Batch, generator: torch.Generator) -> dict[str, float]:
@@ -69,9 +69,9 @@ class TD3Agent:
         self.updates += 1
         if self.updates % cfg.policy_delay == 0:
             mu, _ = self.actor(batch.obs)
-            actor_loss = -self.critic(batch.obs, mu)[0].mean()
+            actor_loss = -self.critic.q1(batch.obs, mu).mean()
             self.actor_opt.zero_grad()
-            actor_loss.backward()
+            actor_loss.backward(inputs=list(self.actor.parameters()))  # the critic's would be discarded
             self.actor_opt.step()
             polyak_update(self.actor_target, self.actor, cfg.tau)
             polyak_update(self.critic_target, self.critic, cfg.tau)
