@@ -27,13 +27,14 @@ distinct. ``rlur.serving.schemathesis_hooks`` applies them to generated requests
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -89,10 +90,29 @@ HEX_FLOAT = (
 )
 
 GroupName = Literal[GROUPS]  # type: ignore[valid-type]
-#: The one candidate id type: a JSON integer within int64.
-CandidateId = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
-Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
-UserId = Int64 | Annotated[str, Field(max_length=256, pattern=NO_CONTROL_CHARS)]
+
+
+def json_int(lo: int, hi: int) -> Any:
+    """A JSON integer in ``[lo, hi]``, as JSON Schema defines one: ``7`` and also ``7.0`` (the same number
+    in the JSON data model); ``7.5``, ``"7"`` and ``true`` are not. A number written with a fraction or
+    exponent is read as the float64 it denotes, exact up to 2^53."""
+
+    def integral(x: Any) -> int:  # reached only when the integer branch failed
+        if not (type(x) is float and x.is_integer() and lo <= x <= hi):
+            raise ValueError(f"Input should be an integer in [{lo}, {hi}]")
+        return int(x)
+
+    exact = Annotated[int, Field(ge=lo, le=hi)]
+    return Annotated[
+        Union[exact, Annotated[float, PlainValidator(integral)]],  # noqa: UP007 (a union of Annotated types)
+        Field(union_mode="left_to_right"),
+        WithJsonSchema({"type": "integer", "minimum": lo, "maximum": hi}),
+    ]
+
+
+#: The one candidate id type: an integer within int64.
+CandidateId = json_int(INT64_MIN, INT64_MAX)
+UserId = json_int(INT64_MIN, INT64_MAX) | Annotated[str, Field(max_length=256, pattern=NO_CONTROL_CHARS)]
 # Bounds and finiteness of floats are checked on whole arrays (numpy); the schema states them per item.
 Score = Annotated[float, WithJsonSchema(
     {"type": "number", "exclusiveMinimum": -MAX_ABS_SCORE, "exclusiveMaximum": MAX_ABS_SCORE}
@@ -249,7 +269,7 @@ class RankRequest(BaseModel):
         None, description="opaque user id (an int64, or up to 256 characters without control characters), "
         "written to the request log",
     )
-    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = Field(
+    seed: json_int(0, INT64_MAX) | None = Field(  # type: ignore[valid-type]
         None, description="seed of this request's action noise (same seed and policy → same ranking)",
     )
     request_id: Annotated[str, Field(min_length=1, max_length=128, pattern=NO_CONTROL_CHARS)] | None = Field(
