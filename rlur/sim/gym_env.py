@@ -62,12 +62,15 @@ FEEDBACK_NAMES: tuple[str, ...] = ("watch_time", *BEHAVIOURS)
 _SEED_HIGH = 2**31 - 1  # simulator seeds are multiplied inside; keep them well within int64
 
 
-def _resolve_world(world: World | WorldConfig | None, world_seed: int | None) -> World:
-    """Build the world from a ``World``, a ``WorldConfig`` or the defaults, with ``world_seed`` applied."""
+def _resolve_world(world: World | WorldConfig | dict | None, world_seed: int | None) -> World:
+    """Build the world from a ``World``, a ``WorldConfig`` (or its dict: an env spec read back from JSON,
+    e.g. Minari's ``recover_environment``) or the defaults, with ``world_seed`` applied."""
     if isinstance(world, World):
         if world_seed is not None and world_seed != world.config.world_seed:
             raise ValueError(f"world_seed={world_seed} contradicts the World's {world.config.world_seed}")
         return world
+    if isinstance(world, dict):
+        world = WorldConfig.from_dict(world)
     config = world if world is not None else WorldConfig()
     if world_seed is not None:
         config = dataclasses.replace(config, world_seed=int(world_seed))

@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-log", metavar="DIR", default=None,
                    help="train offline on the joined transitions of an `rlur live` run directory (rlur, rlur-naive, "
                         "td3): no environment steps; each step is updates on the logged replay buffer")
+    p.add_argument("--from-minari", metavar="NAME", default=None,
+                   help="as --from-log, on a local Minari dataset written by `rlur data export` (rlur.integrations."
+                        "minari; nothing is downloaded)")
     p.add_argument("--log-arms", default="all", choices=("all", "control", "treatment"),
                    help="with --from-log: whose traffic to train on (default: all)")
     p.add_argument("--no-progress", action="store_true")
@@ -165,7 +168,9 @@ def run_train(args: argparse.Namespace) -> int:
             raise CliError(f"{', '.join(given)} need --backend ray")
     cfg = build_train_config(args)
     out = check_writable(args.out, directory=True)
-    if args.from_log:
+    if args.from_log and args.from_minari:
+        raise CliError("--from-log and --from-minari are two sources; give one")
+    if args.from_log or args.from_minari:
         return _run_train_from_log(args, cfg, out)
     if args.backend == "ray":
         return _run_train_ray(args, cfg, out)
@@ -174,21 +179,35 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _run_train_from_log(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
-    """``train --from-log DIR``: the replay buffer is the logged transitions (rlur.training.offline)."""
-    from rlur.live.dataset import read_logged_batch
+    """``train --from-log DIR`` / ``--from-minari NAME``: the replay buffer is the logged transitions
+    (rlur.training.offline)."""
     from rlur.training.offline import LoggedTransitions
 
+    flag = "--from-log" if args.from_log else "--from-minari"
     if args.backend == "ray":
-        raise CliError("--from-log trains in this process; drop --backend ray")
+        raise CliError(f"{flag} trains in this process; drop --backend ray")
     if cfg.algo not in ("rlur", "rlur-naive", "td3"):
-        raise CliError(f"--from-log trains off-policy agents (rlur, rlur-naive, td3), not {cfg.algo}")
+        raise CliError(f"{flag} trains off-policy agents (rlur, rlur-naive, td3), not {cfg.algo}")
     try:
-        batch = read_logged_batch(args.from_log, args.log_arms)
-    except (FileNotFoundError, ValueError) as err:
+        batch, source = _logged_batch(args)
+    except (FileNotFoundError, ValueError, ImportError) as err:
         raise CliError(str(err)) from None
-    print(f"{args.from_log}: {len(batch)} logged transitions ({int(batch.session_end.sum())} session ends)")
-    trainer = Trainer(cfg, out, progress=not args.no_progress, collector=LoggedTransitions(batch, str(args.from_log)))
+    print(f"{source}: {len(batch)} logged transitions ({int(batch.session_end.sum())} session ends)")
+    trainer = Trainer(cfg, out, progress=not args.no_progress, collector=LoggedTransitions(batch, source))
     return _train(args, trainer, out)
+
+
+def _logged_batch(args: argparse.Namespace):
+    """The logged transitions of ``--from-log`` (a live run) or ``--from-minari`` (a Minari dataset), and their name."""
+    if args.from_log:
+        from rlur.live.dataset import read_logged_batch
+
+        return read_logged_batch(args.from_log, args.log_arms), str(args.from_log)
+    if args.log_arms != "all":
+        raise ValueError("--log-arms is for --from-log; choose the arms when exporting (rlur data export --arms)")
+    from rlur.integrations.minari import read_minari_batch
+
+    return read_minari_batch(args.from_minari), f"minari:{args.from_minari}"
 
 
 def _run_train_ray(args: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
