@@ -156,3 +156,41 @@ def test_bad_input_is_one_line(argv, message, live_run, exported, tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("capacity", [200, 44])  # 44: the ring buffer has wrapped (and 44 % 8 ≠ 0)
+def test_training_replay_exports_one_episode_per_user(capacity, minari_home, tmp_path) -> None:
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps({"world": {**WorldConfig().to_dict(), **SMALL}, "buffer_capacity": capacity,
+                                  "learning_starts": 100}))
+    run = tmp_path / "run"
+    assert main(["train", "--algo", "td3", "--steps", "8", "--users", "8", "--eval-every", "8", "--eval-users", "4",
+                 "--eval-days", "1", "--config", str(config), "--out", str(run), "--no-progress"]) == 0
+    name = f"rlur/replay{capacity}-v0"
+    assert main(["data", "export", "--from", str(run), "--out", name]) == 0
+    dataset = minari.load_dataset(name)
+    buffer = torch.load(run / "resume.pt", weights_only=False)["learner"]["buffer"]
+    assert dataset.total_steps == buffer["size"] == min(capacity, 7 * 8)  # 7 steps flushed, the 8th staged
+    assert dataset.total_episodes == 8
+    lengths = []
+    for episode in dataset.iterate_episodes():  # a user's requests, one after the other (export checks they chain)
+        assert len(set(episode.infos["user_id"])) == 1
+        assert episode.infos["group"][1:].min() == episode.infos["group"][1:].max()
+        lengths.append(len(episode.actions))
+    assert sum(lengths) == buffer["size"] and max(lengths) - min(lengths) <= 1
+    back = read_minari_batch(name)
+    assert torch.equal(back.obs.sort(0).values, buffer["data"]["obs"].sort(0).values)  # the same rows
+    assert dataset.spec.env_spec.kwargs["world"]["n_videos"] == 500
+
+
+def test_runs_without_a_per_user_replay_are_refused(minari_home, tmp_path, capsys) -> None:
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps({"world": {**WorldConfig().to_dict(), **SMALL}}))
+    run = tmp_path / "cem"
+    assert main(["train", "--algo", "uniform", "--steps", "2", "--users", "4", "--eval-users", "4", "--eval-days",
+                 "1", "--config", str(config), "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["data", "export", "--from", str(run), "--out", "rlur/u-v0"]) == 2
+    assert "keeps no replay buffer" in capsys.readouterr().err
+    assert main(["data", "export", "--from", str(run), "--arms", "control", "--out", "rlur/u-v0"]) == 2
+    assert "--arms is for live runs" in capsys.readouterr().err

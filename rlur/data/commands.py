@@ -6,7 +6,7 @@ Sub-commands::
     rlur data check --kuairand DIR                  # validate the files and print a summary
     rlur data fit --kuairand DIR --out WORLD        # fit the learned simulator (world.pt, fit_report.md)
     rlur data fixture --out DIR                     # a small synthetic KuaiRand-format folder
-    rlur data export --from RUN --format minari --out NAME   # a live run's log as a Minari dataset
+    rlur data export --from RUN --format minari --out NAME   # a run's transitions as a Minari dataset
 
 Until ``rlur.data.commands`` is listed in ``rlur.cli.COMMAND_MODULES`` the same commands run as
 ``python -m rlur.data.commands data …``.
@@ -87,12 +87,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--with-random-log", action="store_true", help="also write a small random-exposure log")
     x.set_defaults(func=run_fixture)
 
-    e = dsub.add_parser("export", help="export a live run's logged transitions as an offline-RL dataset",
-                        description="Write the trainable transitions of an `rlur live` run as a Minari dataset: one "
-                                    "episode per user, with states, actions, the paper's rewards and the behaviour "
-                                    "policy's log-probabilities (docs/integrations.md). `rlur train --from-minari "
-                                    "NAME` reads it back.")
-    e.add_argument("--from", dest="source", required=True, metavar="RUN", help="an `rlur live` run directory")
+    e = dsub.add_parser("export", help="export a live run's log (or a training run's replay) as an offline-RL dataset",
+                        description="Write the trainable transitions of an `rlur live` run, or the replay buffer of an "
+                                    "`rlur train` run, as a Minari dataset: one episode per user, with states, "
+                                    "actions, the paper's rewards and the behaviour policy's log-probabilities "
+                                    "(docs/integrations.md). `rlur train --from-minari NAME` reads it back.")
+    e.add_argument("--from", dest="source", required=True, metavar="RUN",
+                   help="an `rlur live` run directory, or an `rlur train` run of rlur, rlur-naive or td3")
     e.add_argument("--format", choices=["minari"], default="minari", help="dataset format (default: minari)")
     e.add_argument("--out", required=True, metavar="NAME",
                    help="dataset id, e.g. rlur/live-v0, written under MINARI_DATASETS_PATH "
@@ -166,10 +167,10 @@ def run_export(args: argparse.Namespace) -> int:
     from rlur.cli import CliError
 
     try:
-        from rlur.integrations.minari import export_live_run
+        from rlur.integrations.minari import export_run
     except ImportError as err:
         raise CliError(str(err)) from None
-    dataset = export_live_run(args.source, args.out, args.arms)
+    dataset = export_run(args.source, args.out, args.arms)
     print(f"wrote the Minari dataset {args.out}: {dataset.total_episodes} episodes (users), "
           f"{dataset.total_steps} transitions, in {dataset.spec.data_path}")
     return 0

@@ -1,8 +1,10 @@
 """Logged data as Minari datasets, and back (``pip install 'rlur[minari]'``).
 
-:func:`export_live_run` writes the trainable transitions of an ``rlur live`` run (``rlur data export``)
-as a Minari dataset with **one episode per user**, the user's requests in the order they were
-served. An episode of ``T`` transitions holds
+:func:`export_run` (``rlur data export``) writes the trainable transitions of an ``rlur live`` run,
+or the replay buffer an ``rlur train`` run keeps in ``resume.pt`` (off-policy algorithms, users
+stepped in this process), as a Minari dataset with **one episode per user**, the user's requests in
+the order they were served (a training replay holds only the last ``buffer_capacity`` transitions).
+An episode of ``T`` transitions holds
 
 * ``observations`` ``(T + 1, OBS_DIM)``: the state of each request, then the state that followed the
   last one (the layout of ``rlur/Retention-v1``, ``docs/observation.md``);
@@ -17,7 +19,8 @@ served. An episode of ``T`` transitions holds
   ``feedback`` (watch seconds and behaviour counts of the slate), ``session_end``, ``return_time``
   (days, −1 where no session ended), ``has_next`` (False where ``s' = s``: a censored session end,
   whose next state is not the next observation), ``group``, ``user_id``, ``ts`` (simulated seconds
-  since the run's start, −1 at 0) and ``arm``.
+  since the run's start; −1 at 0 and in a training replay, which has no clock) and ``arm`` (−1 in a
+  training replay).
 
 :func:`read_minari_batch` turns such a dataset back into the replay :class:`~rlur.training.buffer.Batch`
 that ``rlur train --from-minari`` trains on. Datasets are read from and written to Minari's local
@@ -46,7 +49,7 @@ from rlur.live.dataset import LoggedRows, read_logged
 from rlur.sim.gym_env import ENV_ID, make_action_space, make_observation_space
 from rlur.training.buffer import Batch
 
-__all__ = ["INFO_KEYS", "episodes_from_rows", "export_live_run", "read_minari_batch"]
+__all__ = ["INFO_KEYS", "episodes_from_rows", "export_run", "read_minari_batch", "replay_rows"]
 
 #: The ``infos`` of an exported episode (see the module docstring).
 INFO_KEYS = ("behaviour_mu", "behaviour_std", "behaviour_logp", "feedback", "session_end", "return_time",
@@ -108,26 +111,56 @@ def episodes_from_rows(rows: LoggedRows) -> list[EpisodeBuffer]:
     return [_episode(rows, order[lo:hi], i) for i, (lo, hi) in enumerate(itertools.pairwise(bounds))]
 
 
-def export_live_run(run_dir: str | Path, name: str, arms: str = "all") -> minari.MinariDataset:
-    """Write the trainable transitions of the live run ``run_dir`` as the local Minari dataset ``name``.
+def replay_rows(run_dir: str | Path) -> LoggedRows:
+    """The replay buffer an ``rlur train`` run keeps in ``resume.pt``, in the order it was filled, with each
+    row's user: every step adds one row per user, in user order."""
+    state = torch.load(Path(run_dir) / "resume.pt", map_location="cpu", weights_only=False)
+    cfg = state["config"]
+    if "collector" in state:
+        raise ValueError(f"{run_dir} did not step its own users ({state['collector']}): its replay has no per-user "
+                         "order; export the live run it came from instead")
+    if cfg.get("world_path"):
+        raise ValueError(f"{run_dir} ran in a learned world; only runs in the built-in world can be exported")
+    buffer = state["learner"].get("buffer") if isinstance(state["learner"], dict) else None
+    if buffer is None:
+        raise ValueError(f"{run_dir} ({cfg['algo']}) keeps no replay buffer; export an off-policy run "
+                         "(rlur, rlur-naive, td3) or a live run")
+    size, pos, users = int(buffer["size"]), int(buffer["pos"]), int(cfg["n_users"])
+    filled = np.roll(np.arange(size), -pos) if size == int(cfg["buffer_capacity"]) else np.arange(size)
+    batch = Batch(**{k: v[torch.from_numpy(filled)] for k, v in buffer["data"].items()})
+    step = np.arange(size, dtype=np.int64)
+    return LoggedRows(batch=batch, user_id=(step - size) % users, request_seq=step,
+                      ts=np.full(size, -1, np.int64), arm=np.full(size, -1, np.int64),
+                      has_next=np.ones(size, np.bool_), config={"world": cfg["world"], "algo": cfg["algo"]})
 
-    The dataset's environment is ``rlur/Retention-v1`` in the run's world (``world_seed``), so
+
+def export_run(run_dir: str | Path, name: str, arms: str = "all") -> minari.MinariDataset:
+    """Write a live run's transitions (or a training run's replay) as the local Minari dataset ``name``.
+
+    The dataset's environment is ``rlur/Retention-v1`` in the run's world, so
     ``dataset.recover_environment()`` gives the simulator the data came from.
     """
+    run = Path(run_dir)
     _check_new(name)
-    rows = read_logged(run_dir, arms)
+    if (run / "events.sqlite").is_file() or not (run / "resume.pt").is_file():
+        rows, source = read_logged(run, arms), f"rlur live (arms={arms})"  # read_logged says what is missing
+    else:
+        if arms != "all":
+            raise ValueError("--arms is for live runs; a training run has no A/B arms")
+        rows = replay_rows(run)
+        source = f"rlur train --algo {rows.config['algo']} (its replay buffer)"
     episodes = episodes_from_rows(rows)
     import gymnasium
 
-    world_seed = int(rows.config.get("world_seed", 0))
-    spec = dataclasses.replace(gymnasium.spec(ENV_ID), kwargs={"episode": "sessions", "world_seed": world_seed})
+    world = {"world": rows.config["world"]} if "world" in rows.config else {"world_seed": rows.config["world_seed"]}
+    spec = dataclasses.replace(gymnasium.spec(ENV_ID), kwargs={"episode": "sessions", **world})
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is set to None", category=UserWarning)  # author, permalink
         return minari.create_dataset_from_buffers(
             dataset_id=name, buffer=episodes, env=spec, observation_space=make_observation_space(),
-            action_space=make_action_space(), algorithm_name=f"rlur live (arms={arms})",
-            description=f"The trainable transitions of an `rlur live` run (arms={arms}): one episode per user; "
-                        "infos hold the behaviour policy's mu, std and log-probability (rlur.integrations.minari).",
+            action_space=make_action_space(), algorithm_name=source,
+            description=f"The transitions of {source}: one episode per user; infos hold the behaviour policy's "
+                        "mu, std and log-probability (rlur.integrations.minari).",
         )
 
 
@@ -143,7 +176,7 @@ def _check_new(name: str) -> None:
 
 
 def read_minari_batch(name: str) -> Batch:
-    """The local Minari dataset ``name`` (written by :func:`export_live_run`) as a replay batch."""
+    """The local Minari dataset ``name`` (written by :func:`export_run`) as a replay batch."""
     if not (get_dataset_path(name) / "data").exists():
         raise FileNotFoundError(f"no local Minari dataset {name} (rlur data export writes one; nothing is "
                                 "downloaded)")
