@@ -224,3 +224,135 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_cli_rejects_bad_options(tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     code, err = cli(["serve", "--checkpoint", str(tmp_path), *argv], capsys)
     assert code == 2 and "error: argument" in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--host", "0.0.0.0"], "refusing to listen on 0.0.0.0 with POST /admin/reload open to anyone"),
+    (["--host", "::"], "refusing to listen on ::"),
+    (["--host", "10.0.0.1", "--workers", "2"], "give --admin-token"),
+    (["--admin-token", ""], "--admin-token (or $RLUR_ADMIN_TOKEN) is empty"),
+])
+def test_cli_refuses_an_open_admin_endpoint(
+    tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RLUR_ADMIN_TOKEN", raising=False)
+    write_demo_checkpoint(tmp_path)
+    code, err = cli(["serve", "--checkpoint", str(tmp_path), *argv], capsys)
+    assert code == 2 and err.startswith("rlur: error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["--insecure-admin"], ["--admin-token", "t"]])
+def test_cli_exposed_bind_with_a_token_or_insecure_admin(
+    tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RLUR_ADMIN_TOKEN", raising=False)
+    code, err = cli(["serve", "--checkpoint", str(tmp_path / "missing"), "--host", "0.0.0.0", *argv], capsys)
+    assert code == 2 and "no checkpoint at" in err  # past the admin check, stopped by the next one
+
+
+@pytest.mark.parametrize("value", ["rank", "rank=", "rank=0", "rank=-1", "rank=1.5M", "queue=1M", "=1M"])
+def test_cli_rejects_bad_max_body(tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = cli(["serve", "--checkpoint", str(tmp_path), "--max-body", value], capsys)
+    assert code == 2 and "error: argument --max-body" in err and "Traceback" not in err
+
+
+def _raw(port: int, head: bytes, timeout: float = 30) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(head)
+    return sock
+
+
+def _status(sock: socket.socket) -> int:
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def _healthz_latencies(port: int, until: threading.Event) -> list[float]:
+    """``GET /healthz`` on one keep-alive connection until ``until`` is set; seconds per answer."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    out = []
+    while not until.is_set():
+        t0 = time.perf_counter()
+        conn.request("GET", "/healthz")
+        r = conn.getresponse()
+        r.read()
+        out.append(time.perf_counter() - t0)
+        assert r.status == 200
+        time.sleep(0.005)
+    conn.close()
+    return out
+
+
+def test_large_and_oversized_bodies_leave_healthz_fast(tmp_path: Path) -> None:
+    """A body within the batch cap that takes seconds to parse and reject (422), and bodies over the
+    /v1/rank cap (413, by Content-Length and chunked): /healthz keeps answering within 100 ms."""
+    write_demo_checkpoint(tmp_path, seed=0, version="v1")
+    port = free_port()
+    proc = serve("--checkpoint", str(tmp_path), "--port", str(port), "--no-log", "--max-body", "rank=64K")
+    try:
+        wait_ready(proc, port)
+        one = json.dumps(random_request(np.random.default_rng(0), 200, form="objects")).encode()
+        bad = json.dumps(random_request(np.random.default_rng(1), 8, group="vip")).encode()
+        body = b'{"requests": [' + b", ".join([one] * 600 + [bad]) + b"]}"  # 35 MB, invalid at the end
+        assert 30e6 < len(body) < 64 * 2**20
+        done, result = threading.Event(), {}
+
+        def send_large() -> None:
+            t0 = time.perf_counter()
+            result["status"], _ = request_raw(port, "/v1/rank:batch", body)
+            result["seconds"] = time.perf_counter() - t0
+            done.set()
+
+        sender = threading.Thread(target=send_large)
+        sender.start()
+        latencies = _healthz_latencies(port, done)
+        sender.join()
+        assert result["status"] == 422
+        # The deliberate slow path: over a second of parsing, which on the event loop would stall /healthz
+        # for as long. Off the loop, /healthz answers within 100 ms (95 % of answers, so that a scheduling
+        # hiccup of a shared machine does not decide the test), and even the slowest answer takes less
+        # than a tenth of the slow request.
+        assert result["seconds"] > 1.0, result
+        lat = np.sort(latencies)
+        assert len(lat) >= 20, result
+        assert np.percentile(lat, 95) < 0.1 and lat[-1] < result["seconds"] / 10, (result, lat[-5:])
+
+        # Over the cap by Content-Length: refused before a byte of the body is sent.
+        sock = _raw(port, b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 300000000\r\n\r\n", timeout=10)
+        assert _status(sock) == 413
+        sock.close()
+        # Chunked, without a length: the server stops reading at the cap and closes the connection.
+        sock = _raw(port, b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk, sent = b"%x\r\n" % 2**16 + b"[" * 2**16 + b"\r\n", 0
+        try:
+            while sent < 2**30:  # 1 GiB if the server read on
+                sock.sendall(chunk)
+                sent += 2**16
+        except OSError:  # the server answered and closed the connection
+            pass
+        assert sent < 2**30, "the server read the whole chunked body"
+        assert _status(sock) == 413
+        sock.close()
+        status, health = request(port, "GET", "/healthz")
+        assert status == 200 and health == {"status": "ok"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+
+
+def request_raw(port: int, path: str, body: bytes) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()

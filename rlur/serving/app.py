@@ -245,6 +245,14 @@ def _json(obj: Any, status: int = 200) -> Response:
     return Response(content=pydantic_core.to_json(obj), status_code=status, media_type="application/json")
 
 
+def _refuse_unread(detail: str, status: int) -> Response:
+    """A 413/415/503 sent before the body was read (in full): ``Connection: close`` makes uvicorn close the
+    connection after it instead of reading and discarding the rest of the body."""
+    response = _json({"detail": detail}, status)
+    response.headers["connection"] = "close"
+    return response
+
+
 def _body_schema(model: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}}
@@ -283,14 +291,14 @@ async def _serve(request: Request, batch: bool) -> Response:
     state = _st(request)
     endpoint = "/v1/rank:batch" if batch else "/v1/rank"
     if not is_json(request.headers.get("content-type")):
-        return _json({"detail": "Content-Type must be application/json"}, 415)
+        return _refuse_unread("Content-Type must be application/json", 415)
     cap = state.body_caps[endpoint]
     ranker = state.ranker  # read once: a concurrent reload never changes the policy under this request
     if ranker is None:
-        return _json({"detail": "no policy loaded yet"}, 503)
+        return _refuse_unread("no policy loaded yet", 503)
     body = await read_capped(request, cap)
     if body is None:
-        return _json({"detail": f"request body larger than {cap} bytes, the cap of {endpoint}"}, 413)
+        return _refuse_unread(f"request body larger than {cap} bytes, the cap of {endpoint}", 413)
     try:
         inputs, detail = await state.validator.validate(body, batch)
     except RuntimeError as err:

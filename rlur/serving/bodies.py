@@ -15,6 +15,7 @@ import asyncio
 import logging
 import math
 import multiprocessing
+import os
 import re
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -151,6 +152,20 @@ def _warm() -> int:
     return SLATE_SIZE
 
 
+def _exit_with_parent(parent: int) -> None:
+    """In the child: exit once the server process is gone (even if it was killed without a shutdown)."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 class BodyValidator:
     """Validates bodies inline when small, in one child process when larger than ``offload_bytes``.
 
@@ -167,12 +182,16 @@ class BodyValidator:
     def start(self) -> None:
         """Spawn the child now (it imports in the background) so the first large body does not wait."""
         if self.offload_bytes is not None and self._pool is None:
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
             self._pool.submit(_warm)
 
     def close(self) -> None:
+        """Stop the child. At server shutdown uvicorn has drained the requests, so nothing is waited for."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     async def validate(self, body: bytes, batch: bool) -> tuple[list[RankInput] | None, list]:
