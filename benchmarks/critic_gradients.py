@@ -35,7 +35,8 @@ def load_agent(run: Path) -> tuple[RLURAgent, dict, TrainConfig]:
     """The run's agent as it ended training, its replay buffer's fields and its configuration."""
     missing = [name for name in ("config.json", "resume.pt") if not (run / name).is_file()]
     if missing:
-        raise SystemExit(f"{run}: no {' or '.join(missing)} (a run directory of `rlur train` or `rlur benchmark`)")
+        raise SystemExit(f"{run}: no {' or '.join(missing)} (a run directory of `rlur train`, or of "
+                         "`rlur benchmark --keep-resume`: the benchmark deletes a finished run's resume.pt)")
     cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     if cfg.algo not in ("rlur", "rlur-naive"):
         raise SystemExit(f"{run}: algorithm {cfg.algo!r} has no RLUR critics")

@@ -238,6 +238,42 @@ def _cem_on_toy_fitness(config: CEMConfig, generations: int = 15) -> CEMSearch:
     return search
 
 
+def _cem_on_groups_that_differ(config: CEMConfig, generations: int = 20) -> CEMSearch:
+    """A toy world whose groups differ: group 0 returns sooner the higher its first weight, group 1 the
+    lower. No single weighting suits both."""
+    from rlur.sim.env import StepResult
+
+    n = 64
+    group = torch.arange(n) % 2
+    search = CEMSearch(K, G, n_users=n, config=config, seed=0)
+    for _ in range(generations):
+        served = search.serve(torch.zeros(n, OBS_DIM), group)
+        search.clean[:] = True
+        sign = 1.0 - 2.0 * group.float()  # +1 for group 0, −1 for group 1
+        result = StepResult(
+            obs=torch.zeros(n, OBS_DIM), feedback=torch.zeros(n, 9), session_end=torch.ones(n, dtype=torch.bool),
+            return_day=torch.ones(n, dtype=torch.long), return_time=2.0 - sign * served["action"][:, 0],
+            group=group, day=torch.zeros(n, dtype=torch.long), shown=torch.zeros(n, 6, dtype=torch.long),
+        )
+        search.observe(None, served, result)
+    return search
+
+
+def test_cem_per_group_keeps_a_table_per_group_and_finds_what_each_group_wants():
+    config = CEMConfig(population=8, generation_steps=1, per_group=True)
+    search = _cem_on_groups_that_differ(config)
+    assert search.mean.shape == (G, K) and search.n_tables == G
+    assert search.mean[0, 0] > 0.5 and search.mean[1, 0] < -0.5  # each group's own best direction
+    group = torch.tensor([0, 1])
+    per_group = search.policy().act(torch.zeros(2, OBS_DIM), group)[:, 0]
+    single = _cem_on_groups_that_differ(dataclasses.replace(config, per_group=False))
+    assert single.mean.shape == (1, K)
+    one = single.policy().act(torch.zeros(2, OBS_DIM), group)[:, 0]
+    # The deployed toy return time, 2 − sign·a₀, averaged over the two groups: per group is better.
+    toy_return = lambda a0: (2.0 - a0[0] + 2.0 + a0[1]) / 2  # noqa: E731
+    assert toy_return(per_group) < toy_return(one) - 0.5
+
+
 def test_cem_moves_towards_the_better_weighting():
     search = _cem_on_toy_fitness(CEMConfig(population=8, generation_steps=1, init_std=0.5))
     assert search.mean[0, 0] > 0.5

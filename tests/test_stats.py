@@ -9,7 +9,15 @@ import torch
 from scipy import stats as st
 
 from rlur.evaluation.metrics import MetricsRecorder, bootstrap_ratio_ci, bootstrap_ratio_difference_ci
-from rlur.evaluation.stats import mean_ci, paired_power, paired_test, pooled_sd_ci, seeds_for_power
+from rlur.evaluation.stats import (
+    holm_adjust,
+    mean_ci,
+    paired_power,
+    paired_test,
+    pooled_sd_ci,
+    seeds_for_power,
+    slope,
+)
 
 
 def test_mean_ci_by_hand():
@@ -35,6 +43,26 @@ def test_paired_test_matches_scipy():
     assert res["t"] == pytest.approx(ref.statistic)
     assert res["diff"] == pytest.approx(np.mean(np.subtract(a, b)))
     assert res["ci_high"] < 0  # a is clearly lower
+
+
+def test_holm_adjust_on_known_p_values():
+    # Sorted 0.01, 0.03, 0.04 → 3·0.01, max(0.03, 2·0.03), max(0.06, 1·0.04), back in the given order.
+    assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm_adjust([0.02, 0.5]) == pytest.approx([0.04, 0.5])
+    assert holm_adjust([0.6, 0.7]) == [1.0, 1.0]  # capped at 1, never below an earlier step
+    assert holm_adjust([0.2]) == [0.2]  # a family of one is not adjusted
+    adjusted = holm_adjust([math.nan, 0.03])  # a test that could not be made does not count
+    assert math.isnan(adjusted[0]) and adjusted[1] == pytest.approx(0.03)
+    assert holm_adjust([]) == []
+
+
+def test_slope_by_hand():
+    assert slope([0, 1, 2], [1.0, 3.0, 5.0]) == pytest.approx(2.0)
+    assert slope([-150, 0, 150], [1.907, 1.855, 1.773]) == pytest.approx((1.773 - 1.907) / 300)
+    with pytest.raises(ValueError, match="two distinct x"):
+        slope([1, 1], [0.0, 1.0])
+    with pytest.raises(ValueError, match="matched"):
+        slope([0, 1], [0.0])
 
 
 def test_paired_test_constant_difference():

@@ -266,7 +266,8 @@ def _off_policy_learner(path: str, ckpt: dict, env: RetentionEnv, seed: int):
     run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
     resume = run_dir / "resume.pt"
     if not resume.is_file():
-        raise ValueError(f"--online needs {resume} (the critics and the replay buffer) to continue learning")
+        raise ValueError(f"--online needs {resume} (the critics and the replay buffer) to continue learning; "
+                         "rlur benchmark deletes it from finished runs unless run with --keep-resume")
     cfg = _train_config(ckpt)
     learner = make_learner(cfg, env)
     state = torch.load(resume, map_location="cpu", weights_only=False)

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--extend", action="store_true",
                    help="add the rows named in --algos to the benchmark already in --out (re-measuring any it "
                         "holds), keeping its other rows; every other setting must match its results.json")
+    p.add_argument("--keep-resume", action="store_true",
+                   help="keep each finished run's resume.pt (its replay buffer, ~80 MB a run), which rlur abtest "
+                        "--online and the critic diagnostics need; by default it is deleted")
     p.add_argument("--no-progress", action="store_true")
     add_backend_args(p, "a process pool of --workers")
     p.set_defaults(func=run)
@@ -56,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     check_backend_args(args)
     if args.backend == "ray" and args.workers is not None:
         raise CliError("--workers is for the local backend; with --backend ray the cluster's CPUs are the workers")
+    if args.keep_resume and args.backend == "ray":
+        raise CliError("--keep-resume is for the local backend")
     if args.extend and not args.algos:
         raise CliError("--extend needs --algos: the rows to add to the benchmark in --out")
     out = check_writable(args.out, directory=True)
@@ -88,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         with ray_session(args.ray_address, args.ray_cpus):
             result = run_benchmark(cfg, out, progress=not args.no_progress, backend="ray", extend=args.extend)
     else:
-        result = run_benchmark(cfg, out, progress=not args.no_progress, extend=args.extend)
+        result = run_benchmark(cfg, out, progress=not args.no_progress, extend=args.extend,
+                               keep_resume=args.keep_resume)
     print(results_markdown(result))
     print(f"wrote {out}/results.json, results.md, learning_curves.png")
     return 0

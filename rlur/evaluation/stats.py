@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["mean_ci", "paired_power", "paired_test", "pooled_sd_ci", "seeds_for_power"]
+__all__ = ["holm_adjust", "mean_ci", "paired_power", "paired_test", "pooled_sd_ci", "seeds_for_power", "slope"]
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
@@ -53,6 +53,31 @@ def paired_test(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> 
         t = float(d.mean() / (sd / math.sqrt(n)))
         p = float(2 * _st.t.sf(abs(t), n - 1))
     return {"diff": ci["mean"], "ci_low": ci["ci_low"], "ci_high": ci["ci_high"], "t": t, "p_value": p, "n": n}
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (Holm 1979), in their given order.
+
+    Sorted ascending, the i-th smallest (0-based) of m becomes ``max_{j ≤ i} min(1, (m − j) · p_(j))``:
+    rejecting where the adjusted p < α keeps the family-wise error at α. NaN p-values (a test that
+    could not be made) stay NaN and do not count in m. Five lines, so no statsmodels dependency.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full_like(p, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    order = valid[np.argsort(p[valid], kind="stable")]
+    m = len(order)
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out.tolist()
+
+
+def slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """Least-squares slope of ``y`` on ``x`` (at least two distinct x)."""
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    dx = xs - xs.mean()
+    if len(xs) != len(ys) or not (dx**2).sum() > 0:
+        raise ValueError(f"slope needs matched x and y with two distinct x, got {len(xs)} and {len(ys)} points")
+    return float((dx * (ys - ys.mean())).sum() / (dx**2).sum())
 
 
 def paired_power(effect: float, sd: float, n: int, alpha: float = 0.05) -> float:
