@@ -98,3 +98,17 @@ def test_actor_only_backward_gives_the_actor_the_full_backwards_gradient():
     full.mean().backward()
     for a, p in zip(only, agent.actor.parameters(), strict=True):
         torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_quantile_is_torch_quantile_bit_for_bit():
+    from rlur.agents.rlur import quantile
+
+    # By hand: 0.6 of [1, 2, 3, 4, 5, 6] sits at rank 0.6 · 5 = 3 → 4; of [4, 1, 3, 2] at rank 1.8 → 2.8.
+    assert quantile(torch.tensor([6.0, 1, 5, 2, 4, 3]), 0.6) == 4.0
+    assert abs(quantile(torch.tensor([4.0, 1, 3, 2]), 0.6) - 2.8) < 1e-6
+    assert quantile(torch.tensor([7.0]), 0.6) == 7.0
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 3, 17, 1000, 20_000):
+        x = (torch.rand(n, generator=g) * 5).round(decimals=1)  # with ties
+        for q in (0.0, 0.33, 0.6, 0.9, 1.0):
+            assert quantile(x, q) == float(torch.quantile(x, q)), (n, q)

@@ -267,6 +267,16 @@ def immediate_reward(feedback: torch.Tensor, heuristic: str = "paper") -> torch.
     raise ValueError(f"unknown heuristic {heuristic!r}; choose from {', '.join(HEURISTICS)}")
 
 
+def quantile(x: torch.Tensor, q: float) -> float:
+    """``float(torch.quantile(x, q))`` (linear interpolation) for a finite 1-D ``x``, bit for bit, by
+    two selections instead of a sort: a third of the time on the 20,000 returns ``T_β`` reads."""
+    rank = torch.tensor(q, dtype=x.dtype) * (x.numel() - 1)  # as torch.quantile: float32 rank
+    below, above = int(rank), int(torch.ceil(rank))
+    low = torch.kthvalue(x, below + 1).values
+    high = low if above == below else torch.kthvalue(x, above + 1).values
+    return float(torch.lerp(low, high, rank - below))
+
+
 # ---------------------------------------------------------------------------------------------
 class RLURAgent:
     """Actor, retention critic, immediate critic, RND and the return classifier, with optimisers."""
@@ -316,7 +326,7 @@ class RLURAgent:
         n = min(self.n_returns, self.recent_returns.numel())
         if n == 0:
             return 1.0
-        return max(float(torch.quantile(self.recent_returns[:n], self.config.return_quantile)), 1e-3)
+        return max(quantile(self.recent_returns[:n], self.config.return_quantile), 1e-3)
 
     # --- the update (one block per equation) --------------------------------------------------
     def retention_reward(self, batch: Batch) -> tuple[torch.Tensor, dict]:
