@@ -42,7 +42,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def client(ckpt: Path) -> Iterator[TestClient]:
     app = create_app(ServingConfig(checkpoint=ckpt, request_log=False, max_candidates=300, max_batch=50,
-                                   offload_bytes=None))
+                                   thread_bytes=None, process_bytes=None))
     with TestClient(app) as c:
         wait_until_ready(c)
         yield c
@@ -199,14 +199,16 @@ def test_hex_pattern_is_the_score_bound(bits: int) -> None:
     assert bool(re.fullmatch(HEX_FLOAT, text)) == allowed == bool(re.fullmatch(HEX_FLOAT, text.upper()))
 
 
-def test_validation_process_gives_the_inline_answers(ckpt: Path) -> None:
+def test_validation_thread_and_process_give_the_inline_answers(ckpt: Path) -> None:
     rng = np.random.default_rng(5)
     valid = [json.dumps({"requests": [random_request(rng, 40, form=f, seed=i) for i, f in
                                       enumerate(("objects", "columnar", "hex"))]}).encode()]
     invalid = [b"{", json.dumps({"requests": [random_request(rng, 8, group="vip")]}).encode()]
     answers = []
-    for offload in (None, 0):  # inline, then every body in the validation process
-        app = create_app(ServingConfig(checkpoint=ckpt, request_log=False, offload_bytes=offload))
+    tiers = ((None, None), (0, None), (None, 0))  # inline, then every body in a thread, then in the process
+    for thread_bytes, process_bytes in tiers:
+        app = create_app(ServingConfig(checkpoint=ckpt, request_log=False, thread_bytes=thread_bytes,
+                                       process_bytes=process_bytes))
         with TestClient(app) as c:
             wait_until_ready(c)
             rs = [c.post("/v1/rank:batch", content=b, headers={"content-type": "application/json"})
@@ -215,13 +217,13 @@ def test_validation_process_gives_the_inline_answers(ckpt: Path) -> None:
                                              for x in r.json()["results"]] if r.status_code == 200 else r.json())
                             for r in rs])
     assert [a[0] for a in answers[0]] == [200, 422, 422]
-    assert answers[0] == answers[1]
+    assert answers[0] == answers[1] == answers[2]
 
 
 def test_a_dead_validation_process_is_replaced() -> None:
     import asyncio
 
-    validator = BodyValidator({"max_candidates": 1000, "max_batch": 1024}, offload_bytes=0)
+    validator = BodyValidator({"max_candidates": 1000, "max_batch": 1024}, process_bytes=0)
     body = _body(8)
 
     async def run() -> None:

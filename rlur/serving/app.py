@@ -10,7 +10,8 @@ Design notes:
   OpenAPI schema. Any validation failure, malformed JSON included, is a 422 naming the field.
 * Work per request is bounded (:mod:`rlur.serving.bodies`): ``application/json`` only (415), a body
   cap per endpoint checked on ``Content-Length`` before reading and while reading (413), and bodies
-  above 256 KiB validated in a child process, so a large body never stalls the event loop.
+  above 256 KiB validated in a thread, above 8 MiB in a child process, so a large body never stalls
+  the event loop for longer than a mid-size body's JSON parse.
 * Ranking runs inline in the event loop: it is short CPU work (one forward pass, one matmul) and a
   thread hop per request would cost more than it saves on a 2-core box.
 * The policy lives in one attribute that a reload replaces: a handler reads it once, so in-flight
@@ -42,7 +43,14 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic.json_schema import models_json_schema
 
-from rlur.serving.bodies import DEFAULT_OFFLOAD_BYTES, BodyValidator, default_body_caps, is_json, read_capped
+from rlur.serving.bodies import (
+    DEFAULT_PROCESS_BYTES,
+    DEFAULT_THREAD_BYTES,
+    BodyValidator,
+    default_body_caps,
+    is_json,
+    read_capped,
+)
 from rlur.serving.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from rlur.serving.ranker import Ranker, RankOutput, checkpoint_file
 from rlur.serving.request_log import LogBatch, RequestLogWriter
@@ -84,8 +92,10 @@ class ServingConfig:
     max_batch: int = DEFAULT_MAX_BATCH
     max_body: dict[str, int] | None = None
     """Body caps by endpoint path, overriding :func:`~rlur.serving.bodies.default_body_caps`."""
-    offload_bytes: int | None = DEFAULT_OFFLOAD_BYTES
-    """Bodies larger than this are validated in a child process (``None``: always inline)."""
+    thread_bytes: int | None = DEFAULT_THREAD_BYTES
+    """Bodies larger than this are validated in a worker thread (``None``: never)."""
+    process_bytes: int | None = DEFAULT_PROCESS_BYTES
+    """Bodies larger than this are validated in a child process (``None``: never)."""
     watch: bool = False
     watch_interval: float = 2.0
     admin_token: str | None = None
@@ -134,7 +144,8 @@ class ServerState:
         self.log: RequestLogWriter | None = None
         self.context = {"max_candidates": config.max_candidates, "max_batch": config.max_batch}
         self.body_caps = config.body_caps()
-        self.validator = BodyValidator(self.context, config.offload_bytes)
+        self.validator = BodyValidator(self.context, config.thread_bytes, config.process_bytes)
+        self.validator_ready = False
         self._reload_lock = asyncio.Lock()
         self._stamp: tuple[int, int, int] | None = None
         self._failed_stamp: tuple[int, int, int] | None = None
@@ -165,10 +176,16 @@ class ServerState:
             }
 
     async def initial_load(self) -> None:
-        try:
-            await self.reload()
-        except Exception:  # reported by /readyz; --watch retries once the file changes
-            pass
+        """Load the policy and start the validation process; /readyz answers 200 once both are done."""
+
+        async def load() -> None:
+            try:
+                await self.reload()
+            except Exception:  # reported by /readyz; --watch retries once the file changes
+                pass
+
+        await asyncio.gather(load(), self.validator.warm())
+        self.validator_ready = True
 
     async def watch(self) -> None:
         """Poll the checkpoint's mtime/size/inode and reload when it changes."""
@@ -279,6 +296,8 @@ async def readyz(request: Request) -> Response:
     r = state.ranker
     if r is None:
         return _json({"ready": False, "error": state.load_error}, 503)
+    if not state.validator_ready:
+        return _json({"ready": False, "error": "the validation process is starting"}, 503)
     return _json({"ready": True, **r.info})
 
 
@@ -404,7 +423,6 @@ def create_app(config: ServingConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.open_log()
-        state.validator.start()
         tasks = []
         if config.workers > 1:
             # Accept only once the policy is loaded: the workers share one socket, so a worker still
