@@ -58,10 +58,10 @@ def main() -> None:
     p.add_argument("--eval-days", type=int, default=14)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-rlur", action="store_true", help="skip CEM and RLUR")
-    p.add_argument("--quick", action="store_true", help="a smoke run: 30 steps of 64 users, 256 users × 3 days")
+    p.add_argument("--quick", action="store_true", help="a smoke run (CI): 20 steps of 32 users, 64 users × 2 days")
     args = p.parse_args()
     if args.quick:
-        args.steps, args.users, args.eval_users, args.eval_days = 30, 64, 256, 3
+        args.steps, args.users, args.eval_users, args.eval_days = 20, 32, 64, 2
     torch.set_num_threads(1)  # small networks and batches: one thread is fastest, and far faster on a busy machine
     world_config = WorldConfig()
     world = World(world_config)

@@ -474,7 +474,7 @@ def test_episode_return_ranks_policies_as_the_per_user_return_day() -> None:
                 "group_rule": TablePolicy(group_rule_actions())}
     per_user, returns = {}, {}
     for name, policy in policies.items():
-        per_user[name] = evaluate_policy(policy, world, 512, 10, seed=5)["avg_return_day_per_user"]["mean"]
+        per_user[name] = evaluate_policy(policy, world, 512, 7, seed=5)["avg_return_day_per_user"]["mean"]
         returns[name] = _first_episode_returns(policy, world, 512, n_sessions=10)  # the same users, paired
     by_metric = sorted(policies, key=lambda n: per_user[n])  # best (fewest days) first
     assert sorted(policies, key=lambda n: -returns[n].mean()) == by_metric, (per_user, returns)

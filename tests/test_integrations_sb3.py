@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import gymnasium
 import numpy as np
@@ -89,3 +93,14 @@ def test_sac_trains_and_rlur_evaluates_it(small_world: World) -> None:
     assert result["users"] == 16 and result["avg_return_day"]["mean"] > 0
     again = rlur.evaluate(model, world=small_world, users=16, days=2, seed=1)
     assert again["avg_return_day"] == result["avg_return_day"]  # deterministic actions
+
+
+def test_example_runs_from_the_checkout() -> None:
+    """examples/sb3_sac.py on a smoke budget: SAC, uniform, CEM and RLUR with rlur's metrics."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "sb3_sac.py"
+    proc = subprocess.run([sys.executable, str(example), "--quick"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "policy" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["SB3 SAC", "uniform", "CEM", "RLUR"]
+    assert all(0 < float(r.split("|")[2]) < 30 for r in rows)  # avg return day, in days
