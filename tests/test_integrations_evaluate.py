@@ -96,6 +96,15 @@ def test_every_kind_of_policy_gives_the_metrics_of_rlur_eval(uniform_run, policy
     assert "rlur eval" in capsys.readouterr().out
 
 
+def test_eval_policy_in_another_built_in_world(policy_file, tmp_path) -> None:
+    out = tmp_path / "seed1.json"
+    assert main(["eval", "--policy", f"{policy_file}:zeros", "--world-seed", "1", "--out", str(out), "--no-progress",
+                 *[f"--{k}={v}" for k, v in HELD_OUT.items()]]) == 0
+    expected = rlur.evaluate(lambda obs: np.zeros(K), world=WorldConfig(world_seed=1), **HELD_OUT)
+    assert _metrics(json.loads(out.read_text())) == _metrics(expected)
+    assert _metrics(expected) != _metrics(rlur.evaluate(lambda obs: np.zeros(K), **HELD_OUT))
+
+
 def test_another_policy_gives_other_metrics() -> None:
     click = rlur.evaluate(lambda obs: weighting_action("click").numpy(), **HELD_OUT)
     uniform = rlur.evaluate(lambda obs: np.zeros(K), **HELD_OUT)
@@ -129,6 +138,8 @@ def test_bad_policies_are_clear_errors() -> None:
     (["--policy", "{file}:wrong_shape"], "shape (48, 3)"),
     (["--policy", "{file}:not_a_policy"], "cannot evaluate a int"),
     (["--policy", "{file}:zeros", "--checkpoint", "x"], "not allowed with argument"),
+    (["--checkpoint", "x", "--world-seed", "1"], "a checkpoint has its own world"),
+    (["--policy", "{file}:zeros", "--world-preset", "nope"], "invalid choice"),
     ([], "one of the arguments --checkpoint --policy is required"),
 ])
 def test_eval_policy_bad_input_is_one_line(argv, message, policy_file, tmp_path, capsys) -> None:

@@ -17,7 +17,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 import rlur
 from rlur.integrations.sb3 import RetentionVecEnv
 from rlur.sim.env import OBS_DIM
-from rlur.sim.gym_env import ENV_ID, RetentionVectorEnv
+from rlur.sim.gym_env import ENV_ID, RetentionGymEnv, RetentionVectorEnv
 from rlur.sim.world import SCORE_NAMES, World, WorldConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,6 +29,14 @@ SMALL = WorldConfig(n_videos=500, n_candidates=50)
 @pytest.fixture(scope="module")
 def small_world() -> World:
     return World(SMALL)
+
+
+def test_sb3_check_env_passes_without_warnings(small_world: World) -> None:
+    from stable_baselines3.common.env_checker import check_env
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(RetentionGymEnv(small_world), warn=True)
 
 
 def test_make_vec_env_on_the_registered_id(small_world: World) -> None:

@@ -88,6 +88,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=int, default=2_000_003, help="seed of the evaluation users")
     e.add_argument("--out", required=True, help="JSON output file")
     e.add_argument("--world", default=None, help="evaluate in this learned world (default: the run's world)")
+    e.add_argument("--world-seed", type=int, default=None,
+                   help="with --policy: the built-in world's seed (default 0; a checkpoint has its own world)")
+    e.add_argument("--world-preset", choices=WORLD_PRESETS, default=None,
+                   help="with --policy: the built-in world's variant (default: default)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=run_eval)
 
@@ -241,13 +245,23 @@ def _train(args: argparse.Namespace, trainer: Trainer, out: Path) -> int:
     return 0
 
 
+def _eval_world(args: argparse.Namespace) -> WorldConfig | str | None:
+    """``rlur eval``'s world: a learned one (``--world``), a built-in one for ``--policy``, else the default."""
+    if args.world_seed is None and args.world_preset is None:
+        return args.world
+    if args.checkpoint or args.world:
+        raise CliError("--world-seed and --world-preset choose the built-in world for --policy; a checkpoint "
+                       "has its own world, and --world is a learned one")
+    return WorldConfig.preset(args.world_preset or "default", world_seed=args.world_seed or 0)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from rlur.evaluation.api import evaluate, load_policy_spec
 
     out = check_writable(args.out)
     policy = args.checkpoint or load_policy_spec(args.policy)
     try:
-        result = evaluate(policy, world=args.world, users=args.users, days=args.days, seed=args.seed,
+        result = evaluate(policy, world=_eval_world(args), users=args.users, days=args.days, seed=args.seed,
                           progress=not args.no_progress)
     except TypeError as err:  # not a policy
         raise CliError(f"--policy {args.policy}: {err}") from None
