@@ -194,3 +194,18 @@ def test_runs_without_a_per_user_replay_are_refused(minari_home, tmp_path, capsy
     assert "keeps no replay buffer" in capsys.readouterr().err
     assert main(["data", "export", "--from", str(run), "--arms", "control", "--out", "rlur/u-v0"]) == 2
     assert "--arms is for live runs" in capsys.readouterr().err
+
+
+def test_read_logged_names_the_user_and_time_of_each_request(live_run) -> None:
+    """Finding 6: each logged row carries its request's user id, time and arm, as the event log has them."""
+    rows = read_logged(live_run)
+    log = SqliteEventLog(live_run / "events.sqlite", readonly=True)
+    try:
+        requests = log.fetch_requests(rows.request_seq)
+    finally:
+        log.close()
+    np.testing.assert_array_equal(rows.user_id, requests.user_id)
+    np.testing.assert_array_equal(rows.ts, requests.ts)
+    np.testing.assert_array_equal(rows.arm, requests.arm)
+    assert torch.equal(rows.batch.obs, torch.from_numpy(np.asarray(requests.state)))
+    assert len(np.unique(rows.user_id)) == 16
