@@ -138,7 +138,7 @@ def test_data_collector_records_the_gym_infos(minari_home) -> None:
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["data", "export", "--from", "{tmp}", "--out", "rlur/x-v0"], "has no events.sqlite"),
+    (["data", "export", "--from", "{tmp}", "--out", "rlur/x-v0"], "is neither an `rlur live` run"),
     (["data", "export", "--from", "{live}", "--out", "no_version"], "bad Minari dataset id"),
     (["data", "export", "--from", "{live}", "--out", NAME], "exists already"),
     (["data", "export", "--from", "{live}", "--format", "parquet", "--out", "rlur/x-v0"], "invalid choice"),

@@ -142,8 +142,11 @@ def export_run(run_dir: str | Path, name: str, arms: str = "all") -> minari.Mina
     """
     run = Path(run_dir)
     _check_new(name)
-    if (run / "events.sqlite").is_file() or not (run / "resume.pt").is_file():
-        rows, source = read_logged(run, arms), f"rlur live (arms={arms})"  # read_logged says what is missing
+    if not (run / "events.sqlite").is_file() and not (run / "resume.pt").is_file():
+        raise FileNotFoundError(f"{run} is neither an `rlur live` run (events.sqlite) nor an `rlur train` run "
+                                "(resume.pt)")
+    if (run / "events.sqlite").is_file():
+        rows, source = read_logged(run, arms), f"rlur live (arms={arms})"
     else:
         if arms != "all":
             raise ValueError("--arms is for live runs; a training run has no A/B arms")

@@ -64,7 +64,7 @@ def read_logged(run_dir: str | Path, arms: str = "all", chunk: int = 50_000) -> 
     for path, what in ((events, "an event log"), (joined, "joined transitions"), (config, "config.json")):
         if not path.is_file():
             raise FileNotFoundError(
-                f"{run} has no {path.name} ({what}): --from-log reads an `rlur live` run directory whose "
+                f"{run} has no {path.name} ({what}): expected an `rlur live` run directory whose "
                 "joiner has run (see docs/live.md)")
     if arms not in ARMS:
         raise ValueError(f"arms must be one of {', '.join(ARMS)}, got {arms!r}")
