@@ -17,6 +17,10 @@ and on one thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``), in fres
   update's main shape (512 × 128 @ 128 × 128) over the update's matmul FLOPs (counted by
   ``torch.utils.flop_counter`` over two updates, as the actor steps every second one).
 
+The rates and the matmul GFLOP/s are per second of the process's CPU time (one thread): on a shared
+machine the wall clock also counts the time the process waits for a core, which other users' load
+decides. The ``rlur train`` rows give both the wall and the CPU time.
+
 With ``--baseline-ref REF`` the code of commit REF is checked out in a temporary ``git worktree``
 and measured in the same run: each measurement alternates between the baseline and the current
 code (``PYTHONPATH`` points the subprocess at one or the other), so machine noise hits both alike.
@@ -42,9 +46,9 @@ ALGOS = ("rlur", "rlur-naive", "td3", "cem")
 LEARNS = ("rlur", "rlur-naive", "td3")
 #: What each metric means and which way is better (for the ratio column: > 1 is a speed-up).
 METRICS = {
-    "updates_per_s": ("gradient updates/s", True),
-    "update_limit_per_s": ("matmul limit, updates/s", True),
-    "train_steps_per_s": ("train steps/s", True),
+    "updates_per_s": ("gradient updates per CPU s", True),
+    "update_limit_per_s": ("matmul limit, updates per CPU s", True),
+    "train_steps_per_s": ("train steps per CPU s", True),
     "run_wall_s": ("`rlur train` wall s", False),
     "run_cpu_s": ("`rlur train` CPU s", False),
 }
@@ -63,18 +67,19 @@ def _train_config(algo: str, **kw):
 
 
 def matmul_gflops(seconds: float = 1.0) -> float:
-    """float32 GFLOP/s of ``(512, 128) @ (128, 128)``, the update's main matmul, on this thread."""
+    """float32 GFLOP/s of ``(512, 128) @ (128, 128)``, the update's main matmul, per CPU second of
+    this thread."""
     import torch
 
     a, b = torch.randn(512, 128), torch.randn(128, 128)
     for _ in range(20):
         torch.mm(a, b)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    n, start = 0, time.process_time()
+    while time.process_time() - start < seconds:
         for _ in range(50):
             torch.mm(a, b)
         n += 50
-    return 2 * 512 * 128 * 128 * n / (time.perf_counter() - start) / 1e9
+    return 2 * 512 * 128 * 128 * n / (time.process_time() - start) / 1e9
 
 
 def _advance(trainer, steps: int) -> None:
@@ -112,13 +117,13 @@ def worker(algo: str, updates: int, steps: int) -> dict:
             out["update_gflop"] = counter.get_total_flops() / 2 / 1e9
             for _ in range(5):
                 update()
-            start = time.perf_counter()
+            start = time.process_time()
             for _ in range(updates):
                 update()
-            out["updates_per_s"] = updates / (time.perf_counter() - start)
-        start = time.perf_counter()
+            out["updates_per_s"] = updates / (time.process_time() - start)
+        start = time.process_time()
         _advance(trainer, steps)
-        out["train_steps_per_s"] = steps / (time.perf_counter() - start)
+        out["train_steps_per_s"] = steps / (time.process_time() - start)
     out["matmul_gflops"] = matmul_gflops()
     if "update_gflop" in out:
         out["update_limit_per_s"] = out["matmul_gflops"] / out["update_gflop"]
@@ -247,7 +252,7 @@ def markdown(report: dict) -> str:
             ratio = f" | {entry['ratio'][k]:.2f}×" if has_ratio and k in entry.get("ratio", {}) else (
                 " | –" if has_ratio else "")
             lines.append(f"| {algo} | {name} | " + " | ".join(cells) + ratio + " |")
-    lines += ["", "Update matmul GFLOP (counted) and matmul GFLOP/s (512 × 128 @ 128 × 128, same process):", ""]
+    lines += ["", "Update matmul GFLOP (counted) and matmul GFLOP per CPU s (512 × 128 @ 128 × 128, same process):", ""]
     for algo, entry in report["algos"].items():
         parts = []
         for label in labels:
