@@ -13,6 +13,11 @@ Reported per request body form (``objects``: a JSON object per candidate with na
   before the server starts: what dominates the server's cost.
 
 Usage: ``python benchmarks/serving_bench.py [--candidates 200] [--duration 3] [--workers 1] [--out bench.json]``.
+
+``--compare-with DIR`` measures this checkout against another one (e.g. ``git worktree add DIR
+<commit>``) side by side instead: both servers run at once, ``/v1/rank`` requests alternate between
+them (A B B A …) on one client thread at concurrency 1, and the batch endpoint is loaded in
+alternating two-second slices. Load from other jobs then falls on both alike; the ratios are the result.
 """
 
 from __future__ import annotations
@@ -173,12 +178,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(checkpoint: Path, port: int, log: Path, extra: list[str] | None = None) -> subprocess.Popen:
+def start_server(
+    checkpoint: Path, port: int, log: Path, extra: list[str] | None = None, repo: Path = REPO,
+) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "rlur.serving", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
         "--log", str(log), "--log-level", "error", *(extra or []),
     ]
-    proc = subprocess.Popen(cmd, cwd=REPO)
+    proc = subprocess.Popen(cmd, cwd=repo)
     deadline = time.time() + 60
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -193,6 +200,78 @@ def start_server(checkpoint: Path, port: int, log: Path, extra: list[str] | None
     raise RuntimeError("server did not become ready in 60 s")
 
 
+def paired_latency(ports: tuple[int, int], requests: list[bytes], duration: float) -> list[dict[str, Any]]:
+    """Concurrency 1 on both servers from one thread, alternating A B B A: p50/p99 per server."""
+    conns = [Conn("127.0.0.1", port) for port in ports]
+    lat: list[list[float]] = [[], []]
+    try:
+        for c in conns:  # warm-up
+            for raw in requests[:8]:
+                c.send(raw)
+        t_end, j = time.perf_counter() + duration, 0
+        while time.perf_counter() < t_end:
+            raw = requests[j % len(requests)]
+            for side in ((0, 1) if j % 2 == 0 else (1, 0)):
+                t0 = time.perf_counter()
+                status, _ = conns[side].send(raw)
+                if status == 200:
+                    lat[side].append(time.perf_counter() - t0)
+            j += 1
+    finally:
+        for c in conns:
+            c.close()
+    return [{"requests": len(x), "p50_ms": float(np.percentile(x, 50) * 1e3),
+             "p99_ms": float(np.percentile(x, 99) * 1e3)} for x in lat]
+
+
+def paired_throughput(
+    ports: tuple[int, int], requests: list[bytes], concurrency: int, duration: float, slice_s: float = 2.0,
+) -> list[float]:
+    """Calls per second on each server, loading them in alternating slices of ``slice_s`` seconds."""
+    done, spent = [0, 0], [0.0, 0.0]
+    for k in range(max(1, round(duration / slice_s))):
+        for side in ((0, 1) if k % 2 == 0 else (1, 0)):
+            r = load(ports[side], requests, concurrency, slice_s, warmup=0.2)
+            done[side] += r["requests"]
+            spent[side] += slice_s
+    return [done[i] / spent[i] for i in range(2)]
+
+
+def compare(args: argparse.Namespace, other: Path, forms: list[str]) -> dict[str, Any]:
+    """This checkout (``new``) against ``other`` (``base``), side by side; see the module docstring."""
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {"base": str(other), "rank": [], "batch": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(args.checkpoint) if args.checkpoint else Path(tmp)
+        if not args.checkpoint:
+            write_demo_checkpoint(ckpt)
+        ports = (free_port(), free_port())
+        procs = [start_server(ckpt, ports[0], Path(tmp) / "new.sqlite", repo=REPO),
+                 start_server(ckpt, ports[1], Path(tmp) / "base.sqlite", repo=other)]
+        try:
+            for form in forms:
+                bodies = [http_request("/v1/rank", _encode(random_request(rng, args.candidates, form=form)))
+                          for _ in range(64)]
+                new, base = paired_latency(ports, bodies, args.duration)
+                out["rank"].append({"form": form, "new": new, "base": base})
+                print(f"/v1/rank       {form:9s} c=1  p50 new {new['p50_ms']:6.2f} / base {base['p50_ms']:6.2f} ms"
+                      f"  p99 new {new['p99_ms']:6.2f} / base {base['p99_ms']:6.2f} ms", flush=True)
+            for form in forms:
+                batches = [http_request("/v1/rank:batch", json.dumps({"requests": [
+                    random_request(rng, args.candidates, form=form) for _ in range(args.batch_size)
+                ]}).encode()) for _ in range(4)]
+                new, base = (x * args.batch_size for x in paired_throughput(
+                    ports, batches, args.batch_concurrency, args.duration))
+                out["batch"].append({"form": form, "new_ranked_rps": new, "base_ranked_rps": base})
+                print(f"/v1/rank:batch {form:9s} B={args.batch_size} c={args.batch_concurrency}: new {new:8.0f} / "
+                      f"base {base:8.0f} ranked req/s (ratio {new / base:.2f})", flush=True)
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(30)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", help="run directory (default: a random-init demo checkpoint)")
@@ -204,9 +283,17 @@ def main() -> int:
     ap.add_argument("--batch-concurrency", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1, help="server worker processes (rlur serve --workers)")
     ap.add_argument("--out", help="write the results as JSON")
+    ap.add_argument("--compare-with", metavar="DIR",
+                    help="another checkout of this repository to measure side by side against (see above)")
     args = ap.parse_args()
     forms = args.forms.split(",")
     levels = [int(c) for c in args.concurrency.split(",")]
+    if args.compare_with:
+        result = {"load_avg_before": os.getloadavg(), **compare(args, Path(args.compare_with), forms),
+                  "load_avg_after": os.getloadavg()}
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
 
     result: dict[str, Any] = {
         "candidates": args.candidates, "k": 8, "cpus": os.cpu_count(), "duration_s": args.duration,

@@ -10,7 +10,7 @@ Design notes:
   OpenAPI schema. Any validation failure, malformed JSON included, is a 422 naming the field.
 * Work per request is bounded (:mod:`rlur.serving.bodies`): ``application/json`` only (415), a body
   cap per endpoint checked on ``Content-Length`` before reading and while reading (413), and bodies
-  above 256 KiB validated in a thread, above 8 MiB in a child process, so a large body never stalls
+  above 256 KiB validated in a thread, above 4 MiB in a child process, so a large body never stalls
   the event loop for longer than a mid-size body's JSON parse.
 * Ranking runs inline in the event loop: it is short CPU work (one forward pass, one matmul) and a
   thread hop per request would cost more than it saves on a 2-core box.

@@ -55,7 +55,7 @@ BODY_ENDPOINTS = {"rank": "/v1/rank", "batch": "/v1/rank:batch"}
 #: Bodies larger than this are validated in a worker thread ...
 DEFAULT_THREAD_BYTES = 256 * 2**10
 #: ... and larger than this in the child process.
-DEFAULT_PROCESS_BYTES = 8 * 2**20
+DEFAULT_PROCESS_BYTES = 4 * 2**20
 #: The batch cap: 64 MiB holds 1,024 requests of 200 candidates in the slowest (objects) form.
 DEFAULT_BATCH_BODY_BYTES = 64 * 2**20
 MAX_ERRORS = 20
@@ -173,7 +173,7 @@ class BodyValidator:
     """Validates a body inline, in a worker thread, or in one child process, by its size.
 
     * up to ``thread_bytes`` (256 KiB): inline, tens to hundreds of microseconds;
-    * up to ``process_bytes`` (8 MiB): in a thread. pydantic-core holds the GIL while it parses the JSON
+    * up to ``process_bytes`` (4 MiB): in a thread. pydantic-core holds the GIL while it parses the JSON
       text, so the event loop can wait up to that parse (about 10 ms for a 3.3 MB batch), but not for
       the validation, which returns to Python between requests;
     * larger: in a child process, so the event loop never waits on it. The child is spawned (not
