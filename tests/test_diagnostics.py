@@ -383,3 +383,18 @@ def test_the_length_probe_cli_rejects_bad_input(one_thread):
         session_length.main(["--policies", "nope"])
     with pytest.raises(SystemExit, match="numbers"):
         session_length.main(["--shift", "x"])
+
+
+def test_reward_alignment_script_writes_json_and_markdown(tmp_path, one_thread, capsys):
+    alignment = _load("reward_alignment")
+    rows = alignment.main(["--presets", "default,classic", "--world-seeds", "0", "--users", "128", "--steps", "4",
+                           "--out", str(tmp_path)])
+    assert [(r["preset"], r["world_seed"]) for r in rows] == [("default", 0), ("classic", 0)]
+    saved = json.loads((tmp_path / "alignment.json").read_text())
+    assert saved[0]["alignment"]["paper"].keys() == {"high", "middle", "low", "new", "all"}
+    md = (tmp_path / "alignment.md").read_text()
+    assert md.count("| default 0 |") == 2 and "| hand-weighted |" in md and md in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        alignment.main(["--presets", "nope"])
+    with pytest.raises(SystemExit):
+        alignment.main(["--world-seeds", "x"])
