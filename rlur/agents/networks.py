@@ -73,6 +73,12 @@ class EnsembleMLP(nn.Module):
         few groups, never over users): what ``forward(x)[members[group], arange(B)]`` computes,
         without running every member on every row.
         """
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # An exported graph cannot depend on how many rows each group has: every member on every
+            # row, then each row's own member (the same values).
+            every = self(x)  # (M, B, out)
+            pick = torch.as_tensor(members, device=group.device).index_select(0, group)
+            return every.gather(0, pick.view(1, -1, 1).expand(1, -1, every.shape[-1])).squeeze(0)
         order = torch.argsort(group, stable=True)
         counts = torch.bincount(group, minlength=len(members)).tolist()
         rows = x.index_select(0, order).split(counts)  # index_select: 5× faster than x[order] here
