@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,3 +32,13 @@ def _run_rlur(*args: str) -> subprocess.CompletedProcess:
 def rlur_cli() -> Callable[..., subprocess.CompletedProcess]:
     """``rlur_cli("simulate", ...)`` runs the CLI in a subprocess (one thread) and returns the process."""
     return _run_rlur
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo ranking checkpoint (random-init policy, version ``v1``), one per test module."""
+    from rlur.serving.testing import write_demo_checkpoint
+
+    d = tmp_path_factory.mktemp("ckpt")
+    write_demo_checkpoint(d, seed=0, version="v1")
+    return d

@@ -32,13 +32,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("ckpt")
-    write_demo_checkpoint(d, seed=0, version="v1")
-    return d
-
-
-@pytest.fixture(scope="module")
 def client(ckpt: Path) -> Iterator[TestClient]:
     app = create_app(ServingConfig(checkpoint=ckpt, log_path=ckpt / "api.sqlite", max_candidates=300))
     with TestClient(app) as c:

@@ -25,18 +25,11 @@ from rlur.serving.app import ServingConfig, create_app
 from rlur.serving.bodies import BodyValidator, default_body_caps, largest_request_bytes, parse_size
 from rlur.serving.commands import is_loopback
 from rlur.serving.schemas import HEX_FLOAT, MAX_ABS_SCORE, hex_pattern
-from rlur.serving.testing import random_request, wait_until_ready, write_demo_checkpoint
+from rlur.serving.testing import random_request, wait_until_ready
 from rlur.sim.env import OBS_DIM
 from rlur.sim.world import GROUPS, SCORE_NAMES
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("ckpt")
-    write_demo_checkpoint(d, seed=0, version="v1")
-    return d
 
 
 @pytest.fixture(scope="module")
